@@ -1,0 +1,40 @@
+# semserve — two commands: `make serve` and `make test`. Both create .venv and install on first use.
+PYTHON ?= python3
+VENV ?= .venv
+# The default is a CPU wheel; override for a GPU host, e.g. `make serve TORCH_SPEC=torch`.
+TORCH_SPEC ?= torch==2.13.0
+SERVE_ARGS ?=
+PYTEST_ARGS ?=
+
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+NODE_STAMP := client/node/node_modules/.installed-stamp
+
+.PHONY: install serve test protos node-install bench-gpu clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+install: $(STAMP)
+
+$(NODE_STAMP): client/node/package.json
+	cd client/node && npm install --no-audit --no-fund --loglevel=error
+	touch $@
+
+node-install: $(NODE_STAMP)
+
+serve: install
+	$(VENV)/bin/semserve serve $(SERVE_ARGS)
+
+test: install node-install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+protos: install
+	$(PY) protos/generate.py
+
+clean:
+	rm -rf $(VENV) client/node/node_modules .pytest_cache

@@ -1,0 +1,1 @@
+"""Generated stubs of the semserve.v1 gRPC contract (see protos/generate.py)."""

@@ -1,0 +1,3 @@
+"""semserve: a gRPC inference server for retrieval (encode, rerank, search)."""
+
+__version__ = "0.1.0"
