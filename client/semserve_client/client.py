@@ -1,0 +1,125 @@
+"""Sync and asyncio clients for semserve. Both default to the compact float32 wire format
+and return NumPy matrices; the raw responses (with timing) are there too."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from semserve_client.requests import decode_embeddings, embed_request, rerank_request
+from semserve_client.v1 import encoder_pb2, encoder_pb2_grpc, info_pb2, info_pb2_grpc
+from semserve_client.v1 import reranker_pb2, reranker_pb2_grpc, search_pb2_grpc
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+_CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", 256 * 1024 * 1024),
+    ("grpc.max_send_message_length", 256 * 1024 * 1024),
+]
+
+
+@dataclass
+class Embeddings:
+    vectors: np.ndarray
+    response: encoder_pb2.EmbedResponse
+
+
+class _Stubs:
+    def _bind(self, channel) -> None:
+        self.channel = channel
+        self.encoder = encoder_pb2_grpc.EncoderServiceStub(channel)
+        self.reranker = reranker_pb2_grpc.RerankerServiceStub(channel)
+        self.search = search_pb2_grpc.SearchServiceStub(channel)
+        self.info_stub = info_pb2_grpc.InfoServiceStub(channel)
+        self.admin = info_pb2_grpc.AdminServiceStub(channel)
+        self.health = health_pb2_grpc.HealthStub(channel)
+
+
+class SemserveClient(_Stubs):
+    """Blocking client. ``timeout`` is each call's deadline in seconds."""
+
+    def __init__(self, target: str = DEFAULT_TARGET, timeout: float | None = 60.0, channel: grpc.Channel | None = None):
+        self.timeout = timeout
+        self._bind(channel or grpc.insecure_channel(target, options=_CHANNEL_OPTIONS))
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> "SemserveClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def embed(self, texts: Sequence[str], model: str = "", normalize: bool = True, truncate: bool = True,
+              format: str = "float32") -> Embeddings:
+        response = self.encoder.Embed(embed_request(texts, model, normalize, truncate, format), timeout=self.timeout)
+        return Embeddings(decode_embeddings(response), response)
+
+    def tokenize(self, texts: Sequence[str], model: str = "", truncate: bool = True) -> encoder_pb2.TokenizeResponse:
+        return self.encoder.Tokenize(
+            encoder_pb2.TokenizeRequest(model=model, texts=list(texts), truncate=truncate), timeout=self.timeout
+        )
+
+    def similarity(self, source_text: str, texts: Sequence[str], model: str = "") -> list[float]:
+        request = encoder_pb2.SimilarityRequest(model=model, source_text=source_text, texts=list(texts))
+        return list(self.encoder.Similarity(request, timeout=self.timeout).scores)
+
+    def rerank(self, query: str, documents: Sequence[str], model: str = "", top_n: int | None = None,
+               return_documents: bool = False, raw_scores: bool = False) -> reranker_pb2.RerankResponse:
+        request = rerank_request(query, documents, model, top_n, return_documents, raw_scores)
+        return self.reranker.Rerank(request, timeout=self.timeout)
+
+    def info(self) -> info_pb2.GetInfoResponse:
+        return self.info_stub.GetInfo(info_pb2.GetInfoRequest(), timeout=self.timeout)
+
+    def health_status(self, service: str = "") -> str:
+        response = self.health.Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        grpc.channel_ready_future(self.channel).result(timeout=timeout)
+
+
+class AsyncSemserveClient(_Stubs):
+    """asyncio client; create it inside a running event loop."""
+
+    def __init__(self, target: str = DEFAULT_TARGET, timeout: float | None = 60.0,
+                 channel: grpc.aio.Channel | None = None):
+        self.timeout = timeout
+        self._bind(channel or grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS))
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def __aenter__(self) -> "AsyncSemserveClient":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def embed(self, texts: Sequence[str], model: str = "", normalize: bool = True, truncate: bool = True,
+                    format: str = "float32") -> Embeddings:
+        request = embed_request(texts, model, normalize, truncate, format)
+        response = await self.encoder.Embed(request, timeout=self.timeout)
+        return Embeddings(decode_embeddings(response), response)
+
+    async def tokenize(self, texts: Sequence[str], model: str = "", truncate: bool = True):
+        return await self.encoder.Tokenize(
+            encoder_pb2.TokenizeRequest(model=model, texts=list(texts), truncate=truncate), timeout=self.timeout
+        )
+
+    async def similarity(self, source_text: str, texts: Sequence[str], model: str = "") -> list[float]:
+        request = encoder_pb2.SimilarityRequest(model=model, source_text=source_text, texts=list(texts))
+        return list((await self.encoder.Similarity(request, timeout=self.timeout)).scores)
+
+    async def rerank(self, query: str, documents: Sequence[str], model: str = "", top_n: int | None = None,
+                     return_documents: bool = False, raw_scores: bool = False) -> reranker_pb2.RerankResponse:
+        request = rerank_request(query, documents, model, top_n, return_documents, raw_scores)
+        return await self.reranker.Rerank(request, timeout=self.timeout)
+
+    async def info(self) -> info_pb2.GetInfoResponse:
+        return await self.info_stub.GetInfo(info_pb2.GetInfoRequest(), timeout=self.timeout)

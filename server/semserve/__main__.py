@@ -1,0 +1,5 @@
+import sys
+
+from semserve.cli import main
+
+sys.exit(main())

@@ -1,0 +1,7 @@
+"""Dynamic batching: a bounded per-model queue, a planner that cuts length-sorted batches
+under a token budget, and a loop that hands them to device workers."""
+
+from semserve.batching.batcher import DynamicBatcher
+from semserve.batching.items import BatchInfo, DeadlineExpired, ItemResult, QueueFull, WorkItem
+
+__all__ = ["BatchInfo", "DeadlineExpired", "DynamicBatcher", "ItemResult", "QueueFull", "WorkItem"]

@@ -1,0 +1,129 @@
+"""`semserve serve`: every flag also reads an environment variable (SEMSERVE_<FLAG>), so the
+same image runs on a laptop and in Kubernetes."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from typing import Sequence
+
+from semserve.config import BatchingConfig, ConfigError, ModelSpec, RequestLimits, ServerConfig
+
+
+def _env(name: str, default):
+    value = os.environ.get("SEMSERVE_" + name.upper().replace("-", "_"))
+    if value is None:
+        return default
+    return type(default)(value) if default is not None and not isinstance(default, bool) else value
+
+
+def _env_list(name: str) -> list[str]:
+    value = os.environ.get("SEMSERVE_" + name)
+    return [v for v in (value or "").split(",") if v.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="semserve", description="gRPC inference server for retrieval")
+    sub = parser.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="serve models over gRPC", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    b, l = BatchingConfig(), RequestLimits()
+    s.add_argument("--host", default=_env("host", "0.0.0.0"), help="address to bind (SEMSERVE_HOST)")
+    s.add_argument("--port", type=int, default=_env("port", 50051), help="port; 0 picks a free one (SEMSERVE_PORT)")
+    s.add_argument(
+        "--encoder", action="append", default=None, metavar="[NAME=]DIR",
+        help="bi-encoder folder, repeatable; the first is the default (SEMSERVE_ENCODERS, comma-separated); "
+        "without any, the bundled all-MiniLM-L6-v2",
+    )
+    s.add_argument(
+        "--reranker", action="append", default=None, metavar="[NAME=]DIR",
+        help="cross-encoder folder, repeatable (SEMSERVE_RERANKERS)",
+    )
+    s.add_argument("--device", default=_env("device", "auto"), help="auto, cpu, cuda, or cuda:0,cuda:1 (SEMSERVE_DEVICE)")
+    s.add_argument("--dtype", default=_env("dtype", "auto"), help="auto, float32, float16, bfloat16 (SEMSERVE_DTYPE)")
+    s.add_argument("--max-batch-tokens", type=int, default=_env("max_batch_tokens", b.max_batch_tokens),
+                   help="padded tokens per batch (items x longest)")
+    s.add_argument("--max-batch-size", type=int, default=_env("max_batch_size", b.max_batch_size), help="items per batch")
+    s.add_argument("--max-queue-delay-ms", type=float, default=_env("max_queue_delay_ms", b.max_queue_delay_us / 1000),
+                   help="how long the oldest queued item waits for companions")
+    s.add_argument("--max-queue-size", type=int, default=_env("max_queue_size", b.max_queue_size),
+                   help="items waiting per model before RESOURCE_EXHAUSTED")
+    s.add_argument("--max-queue-tokens", type=int, default=_env("max_queue_tokens", b.max_queue_tokens),
+                   help="tokens waiting per model before RESOURCE_EXHAUSTED")
+    s.add_argument("--max-texts-per-request", type=int, default=_env("max_texts_per_request", l.max_texts_per_request))
+    s.add_argument("--max-documents-per-rerank", type=int,
+                   default=_env("max_documents_per_rerank", l.max_documents_per_rerank))
+    s.add_argument("--max-message-bytes", type=int, default=_env("max_message_bytes", l.max_receive_message_bytes),
+                   help="largest request message")
+    s.add_argument("--grace-period-s", type=float, default=_env("grace_period_s", 20.0),
+                   help="seconds calls in flight get after SIGTERM")
+    s.add_argument("--metrics-port", type=int, default=_env("metrics_port", 9090),
+                   help="Prometheus /metrics over HTTP; 0 disables")
+    s.add_argument("--tokenizer-threads", type=int, default=_env("tokenizer_threads", 2))
+    s.add_argument("--log-level", default=_env("log_level", "INFO"))
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    encoders = args.encoder if args.encoder is not None else _env_list("ENCODERS")
+    rerankers = args.reranker if args.reranker is not None else _env_list("RERANKERS")
+    encoder_specs = [ModelSpec.parse(v, "encoder") for v in encoders]
+    if not encoder_specs:
+        from semserve.models.bundled import default_encoder_path
+
+        encoder_specs = [ModelSpec(name="all-MiniLM-L6-v2", path=default_encoder_path(), kind="encoder")]
+    limits = RequestLimits()
+    return ServerConfig(
+        host=args.host,
+        port=args.port,
+        encoders=tuple(encoder_specs),
+        rerankers=tuple(ModelSpec.parse(v, "cross_encoder") for v in rerankers),
+        device=args.device,
+        dtype=args.dtype,
+        batching=BatchingConfig(
+            max_batch_tokens=args.max_batch_tokens,
+            max_batch_size=args.max_batch_size,
+            max_queue_delay_us=round(args.max_queue_delay_ms * 1000),
+            max_queue_size=args.max_queue_size,
+            max_queue_tokens=args.max_queue_tokens,
+        ),
+        limits=RequestLimits(
+            max_texts_per_request=args.max_texts_per_request,
+            max_documents_per_rerank=args.max_documents_per_rerank,
+            max_top_k=limits.max_top_k,
+            max_queries_per_search=limits.max_queries_per_search,
+            max_documents_per_upsert=limits.max_documents_per_upsert,
+            max_receive_message_bytes=args.max_message_bytes,
+            max_send_message_bytes=limits.max_send_message_bytes,
+        ),
+        grace_period_s=args.grace_period_s,
+        metrics_port=args.metrics_port,
+        tokenizer_threads=args.tokenizer_threads,
+        log_level=args.log_level,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(args, "log_level", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.command == "serve":
+        from semserve.server import serve_until_signalled
+
+        try:
+            config = config_from_args(args)
+            config.validate()
+        except ConfigError as exc:
+            print(f"semserve: {exc}", file=sys.stderr)
+            return 2
+        asyncio.run(serve_until_signalled(config))
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

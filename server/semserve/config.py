@@ -1,0 +1,122 @@
+"""Server configuration: one frozen object built from flags, environment variables and defaults.
+
+Every limit lives here so that the Info RPC can report exactly what the service layer
+enforces; option names follow Triton's dynamic batcher where operators already know them
+(max_queue_delay, max_queue_size, preferred batch bounds).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """A setting that cannot work; raised before anything is loaded."""
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    """How the dynamic batcher groups queued items into forward passes."""
+
+    # Padded size of one batch: items x longest item, in tokens.
+    max_batch_tokens: int = 16384
+    # Items (texts or pairs) in one batch.
+    max_batch_size: int = 256
+    # How long the oldest queued item waits for companions before its batch goes anyway.
+    max_queue_delay_us: int = 2000
+    # Items that may wait in one model's queue; beyond it requests get RESOURCE_EXHAUSTED.
+    max_queue_size: int = 8192
+    # Tokens that may wait in one model's queue.
+    max_queue_tokens: int = 2_000_000
+    # Batches a worker holds at once: one computing, the next being prepared (padding,
+    # host-to-device copy) meanwhile.
+    worker_pipeline_depth: int = 2
+
+    def validate(self) -> None:
+        for name in ("max_batch_tokens", "max_batch_size", "max_queue_size", "max_queue_tokens"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_queue_delay_us < 0:
+            raise ConfigError(f"max_queue_delay_us must be >= 0, got {self.max_queue_delay_us}")
+        if self.worker_pipeline_depth < 1:
+            raise ConfigError("worker_pipeline_depth must be >= 1")
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """Bounds on a single request, enforced by the service layer with precise statuses."""
+
+    max_texts_per_request: int = 1024
+    max_documents_per_rerank: int = 1024
+    max_top_k: int = 1000
+    max_queries_per_search: int = 1024
+    max_documents_per_upsert: int = 4096
+    # gRPC message size bounds; larger messages are refused by gRPC with RESOURCE_EXHAUSTED.
+    max_receive_message_bytes: int = 64 * 1024 * 1024
+    max_send_message_bytes: int = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model folder to load at start, under the name requests will use."""
+
+    name: str
+    path: Path
+    kind: str  # "encoder" or "cross_encoder"
+
+    @staticmethod
+    def parse(value: str, kind: str) -> "ModelSpec":
+        """Parse ``NAME=DIR`` or ``DIR`` (the name is then the folder's base name)."""
+        name, sep, path = value.partition("=")
+        if not sep:
+            path, name = value, ""
+        path = path.strip()
+        if not path:
+            raise ConfigError(f"empty model folder in {value!r}")
+        p = Path(path).expanduser()
+        return ModelSpec(name=name.strip() or p.resolve().name, path=p, kind=kind)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "0.0.0.0"
+    port: int = 50051
+    encoders: tuple[ModelSpec, ...] = ()
+    rerankers: tuple[ModelSpec, ...] = ()
+    # "auto" (every GPU if any, else CPU), "cpu", "cuda", or a list such as "cuda:0,cuda:1".
+    device: str = "auto"
+    # "auto" is float16 on GPU and float32 on CPU.
+    dtype: str = "auto"
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+    limits: RequestLimits = field(default_factory=RequestLimits)
+    # Seconds calls in flight get to finish after SIGTERM.
+    grace_period_s: float = 20.0
+    # Prometheus /metrics over HTTP; 0 disables it.
+    metrics_port: int = 0
+    # Threads that tokenize requests (fast tokenizers release the GIL).
+    tokenizer_threads: int = 2
+    # Concurrent RPCs gRPC accepts before answering RESOURCE_EXHAUSTED itself.
+    max_concurrent_rpcs: int = 10000
+    log_level: str = "INFO"
+
+    def validate(self) -> None:
+        self.batching.validate()
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port must be in 0..65535, got {self.port}")
+        if self.limits.max_texts_per_request > self.batching.max_queue_size:
+            raise ConfigError(
+                f"max_texts_per_request ({self.limits.max_texts_per_request}) must not exceed "
+                f"max_queue_size ({self.batching.max_queue_size}): such a request could never be queued"
+            )
+        if self.limits.max_documents_per_rerank > self.batching.max_queue_size:
+            raise ConfigError(
+                f"max_documents_per_rerank ({self.limits.max_documents_per_rerank}) must not exceed "
+                f"max_queue_size ({self.batching.max_queue_size})"
+            )
+        names = [m.name for m in (*self.encoders, *self.rerankers)]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ConfigError(f"model names must be unique; repeated: {', '.join(dupes)} (use NAME=DIR)")
+        if self.tokenizer_threads < 1:
+            raise ConfigError("tokenizer_threads must be >= 1")

@@ -1,0 +1,154 @@
+"""The models a server hosts: each with its tokenizer, its replicas (one per device), their
+workers and one dynamic batcher. Requests name a model; an empty name means the default of
+the kind the RPC needs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from semserve.batching import DynamicBatcher
+from semserve.config import BatchingConfig, ModelSpec
+from semserve.runtime.devices import dtype_name, resolve_dtype
+from semserve.runtime.runners import CrossEncoderRunner, EncoderRunner
+from semserve.runtime.tokenization import TextTokenizer
+from semserve.runtime.worker import DeviceWorker
+from semserve.stats import ModelStats
+
+log = logging.getLogger(__name__)
+
+ENCODER = "encoder"
+CROSS_ENCODER = "cross_encoder"
+_FLAG_FOR_KIND = {ENCODER: "--encoder", CROSS_ENCODER: "--reranker"}
+_KIND_WORDS = {ENCODER: "encoder (bi-encoder)", CROSS_ENCODER: "cross-encoder"}
+
+
+class ModelNotFound(LookupError):
+    """No model of that name; the service answers NOT_FOUND."""
+
+
+class NoModelOfKind(LookupError):
+    """The RPC needs a kind of model the server does not host; FAILED_PRECONDITION."""
+
+
+class WrongModelKind(ValueError):
+    """The named model exists but is of the other kind; INVALID_ARGUMENT."""
+
+
+@dataclass
+class HostedModel:
+    name: str
+    kind: str
+    path: Path
+    tokenizer: TextTokenizer
+    batcher: DynamicBatcher
+    stats: ModelStats
+    devices: list[str]
+    dtype: str
+    max_tokens: int
+    # Embedding dimension for encoders, number of labels for cross-encoders.
+    dimension: int
+    pooling: str = ""
+    # The loaded modules, one per device (kept for heads that act after the batch, e.g. activation).
+    replicas: list[Any] = field(default_factory=list)
+
+
+def load_model(spec: ModelSpec, devices: list[str], dtype_spec: str, batching: BatchingConfig) -> HostedModel:
+    """Load one replica per device and build the model's workers and batcher.
+
+    Heavy and blocking: call it before the event loop serves, or in an executor. The batcher
+    is created here but started by ``HostedModel.batcher.start()`` on the serving loop.
+    """
+    from semserve.models.cross_encoder import load_cross_encoder
+    from semserve.models.encoder import load_encoder
+
+    stats = ModelStats(model=spec.name)
+    replicas, workers = [], []
+    for device in devices:
+        dtype = resolve_dtype(dtype_spec, device)
+        if spec.kind == ENCODER:
+            model = load_encoder(spec.path, device=device, dtype=dtype)
+        elif spec.kind == CROSS_ENCODER:
+            model = load_cross_encoder(spec.path, device=device, dtype=dtype)
+        else:
+            raise ValueError(f"unknown model kind {spec.kind!r}")
+        replicas.append(model)
+    first = replicas[0]
+    tokenizer = TextTokenizer(first.tokenizer, first.max_tokens, getattr(first, "lowercase", False))
+    for model in replicas:
+        runner_cls = EncoderRunner if spec.kind == ENCODER else CrossEncoderRunner
+        workers.append(DeviceWorker(runner_cls(model, tokenizer.pad_id), stats, batching.worker_pipeline_depth))
+    # A single input may never exceed the batch budget, or it could not be batched at all.
+    if batching.max_batch_tokens < first.max_tokens:
+        log.warning(
+            "max_batch_tokens %d is below %s's max_tokens %d: long inputs will run in batches of one",
+            batching.max_batch_tokens, spec.name, first.max_tokens,
+        )
+    return HostedModel(
+        name=spec.name,
+        kind=spec.kind,
+        path=Path(spec.path),
+        tokenizer=tokenizer,
+        batcher=DynamicBatcher(spec.name, workers, batching, stats),
+        stats=stats,
+        devices=list(devices),
+        dtype=dtype_name(resolve_dtype(dtype_spec, devices[0])),
+        max_tokens=first.max_tokens,
+        dimension=first.dimension if spec.kind == ENCODER else first.num_labels,
+        pooling=getattr(first, "pooling", "") if spec.kind == ENCODER else "",
+        replicas=replicas,
+    )
+
+
+class ModelRegistry:
+    def __init__(self) -> None:
+        self._models: dict[str, HostedModel] = {}
+        self._defaults: dict[str, str] = {}
+
+    def add(self, model: HostedModel) -> None:
+        if model.name in self._models:
+            raise ValueError(f"a model named {model.name!r} is already loaded")
+        self._models[model.name] = model
+        self._defaults.setdefault(model.kind, model.name)
+
+    def remove(self, name: str) -> HostedModel:
+        model = self._models.pop(name, None)
+        if model is None:
+            raise ModelNotFound(f"no model named {name!r}; loaded: {', '.join(self._models) or 'none'}")
+        if self._defaults.get(model.kind) == name:
+            del self._defaults[model.kind]
+            same_kind = [m.name for m in self._models.values() if m.kind == model.kind]
+            if same_kind:
+                self._defaults[model.kind] = same_kind[0]
+        return model
+
+    def get(self, name: str, kind: str) -> HostedModel:
+        if not name:
+            default = self._defaults.get(kind)
+            if default is None:
+                raise NoModelOfKind(
+                    f"this server hosts no {_KIND_WORDS[kind]}; start it with {_FLAG_FOR_KIND[kind]} DIR to load one"
+                )
+            return self._models[default]
+        model = self._models.get(name)
+        if model is None:
+            known = ", ".join(f"{m.name} ({m.kind})" for m in self._models.values()) or "none"
+            raise ModelNotFound(f"no model named {name!r}; loaded models: {known}")
+        if model.kind != kind:
+            raise WrongModelKind(f"model {name!r} is a {_KIND_WORDS[model.kind]}, this call needs a {_KIND_WORDS[kind]}")
+        return model
+
+    def is_default(self, model: HostedModel) -> bool:
+        return self._defaults.get(model.kind) == model.name
+
+    def __iter__(self):
+        return iter(list(self._models.values()))
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+    async def stop_all(self) -> None:
+        await asyncio.gather(*(m.batcher.stop() for m in self._models.values()), return_exceptions=True)

@@ -1,0 +1,75 @@
+"""Runners: pad a batch of token ids into tensors on the device and run a model head.
+
+``prepare`` runs on the worker's prepare thread (host work and non-blocking copies);
+``run`` on its compute thread. Outputs come back as float32 NumPy rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from semserve.runtime.tokenization import Encoded
+
+
+@dataclass
+class PaddedBatch:
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    token_type_ids: torch.Tensor
+
+
+def pad_batch(payloads: Sequence[Encoded], pad_id: int, device: torch.device) -> PaddedBatch:
+    n = len(payloads)
+    width = max(p.length for p in payloads)
+    ids = np.full((n, width), pad_id, dtype=np.int64)
+    types = np.zeros((n, width), dtype=np.int64)
+    mask = np.zeros((n, width), dtype=np.int64)
+    for row, p in enumerate(payloads):
+        ids[row, : p.length] = p.ids
+        types[row, : p.length] = p.type_ids
+        mask[row, : p.length] = 1
+    tensors = [torch.from_numpy(a) for a in (ids, mask, types)]
+    if device.type == "cuda":
+        # Pinned host memory lets the copy run asynchronously with the compute stream.
+        tensors = [t.pin_memory().to(device, non_blocking=True) for t in tensors]
+    return PaddedBatch(*tensors)
+
+
+class EncoderRunner:
+    """Bi-encoder: token ids -> pooled (and, if the folder says so, normalised) embeddings."""
+
+    def __init__(self, encoder, pad_id: int):
+        self.model = encoder
+        self.device = str(encoder.device)
+        self._device = torch.device(encoder.device)
+        self._pad_id = pad_id
+
+    def prepare(self, payloads: Sequence[Encoded]) -> PaddedBatch:
+        return pad_batch(payloads, self._pad_id, self._device)
+
+    def run(self, batch: PaddedBatch) -> np.ndarray:
+        with torch.inference_mode():
+            out = self.model(batch.input_ids, batch.attention_mask, batch.token_type_ids)
+            return out.float().cpu().numpy()
+
+
+class CrossEncoderRunner:
+    """Cross-encoder: (query, document) token ids -> logits, one row of num_labels per pair."""
+
+    def __init__(self, cross_encoder, pad_id: int):
+        self.model = cross_encoder
+        self.device = str(cross_encoder.device)
+        self._device = torch.device(cross_encoder.device)
+        self._pad_id = pad_id
+
+    def prepare(self, payloads: Sequence[Encoded]) -> PaddedBatch:
+        return pad_batch(payloads, self._pad_id, self._device)
+
+    def run(self, batch: PaddedBatch) -> np.ndarray:
+        with torch.inference_mode():
+            logits = self.model(batch.input_ids, batch.attention_mask, batch.token_type_ids)
+            return logits.float().cpu().numpy()

@@ -1,0 +1,64 @@
+"""Turning texts (or query/document pairs) into token ids, off the event loop.
+
+The Rust backend of a fast tokenizer is used directly: ``encode_batch`` releases the GIL
+and spreads a request's texts over threads. Two copies are kept, one truncating at the
+model's limit and one not, so truncation is reported exactly instead of guessed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence, Union
+
+from tokenizers import Encoding, Tokenizer
+
+TextInput = Union[str, tuple[str, str]]
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """Token ids of one input, ready for padding."""
+
+    ids: list[int]
+    type_ids: list[int]
+    truncated: bool
+
+    @property
+    def length(self) -> int:
+        return len(self.ids)
+
+
+class TextTokenizer:
+    def __init__(self, hf_tokenizer, max_tokens: int, lowercase: bool = False):
+        backend = getattr(hf_tokenizer, "backend_tokenizer", None)
+        if backend is None:
+            raise ValueError("a fast (Rust) tokenizer is required: the folder needs a tokenizer.json")
+        serialized = backend.to_str()
+        self.max_tokens = max_tokens
+        self.lowercase = lowercase
+        self.pad_id = hf_tokenizer.pad_token_id or 0
+        self._truncating = Tokenizer.from_str(serialized)
+        self._truncating.no_padding()
+        self._truncating.enable_truncation(max_tokens, strategy="longest_first")
+        self._full = Tokenizer.from_str(serialized)
+        self._full.no_padding()
+        self._full.no_truncation()
+
+    def _prepare(self, inputs: Sequence[TextInput]) -> list[TextInput]:
+        if not self.lowercase:
+            return list(inputs)
+        return [tuple(p.lower() for p in x) if isinstance(x, tuple) else x.lower() for x in inputs]
+
+    def encode(self, inputs: Sequence[TextInput], truncate: bool) -> list[Encoded]:
+        """Token ids per input; with truncate=False over-long inputs are returned whole
+        (the caller refuses them, naming their index)."""
+        backend = self._truncating if truncate else self._full
+        encodings = backend.encode_batch(self._prepare(inputs))
+        return [Encoded(ids=e.ids, type_ids=e.type_ids, truncated=bool(e.overflowing)) for e in encodings]
+
+    def describe(self, inputs: Sequence[TextInput], truncate: bool) -> list[tuple[Encoding, int]]:
+        """Full encodings (pieces, offsets, special mask) and each input's untruncated length."""
+        prepared = self._prepare(inputs)
+        full = self._full.encode_batch(prepared)
+        shown = self._truncating.encode_batch(prepared) if truncate else full
+        return [(e, len(f.ids)) for e, f in zip(shown, full)]

@@ -1,0 +1,64 @@
+"""The path every model call takes: tokenize off the loop, check lengths, queue on the
+model's batcher, await the items, and account for time. Shared by encode, rerank and search."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from semserve.registry import HostedModel
+from semserve.runtime.tokenization import Encoded, TextInput
+from semserve.service.errors import invalid_argument
+from semserve.service.timing import TimingParts
+
+# How many offending indexes an error message lists before summarising.
+_LISTED = 5
+
+
+@dataclass
+class InferenceOutcome:
+    values: list[Any]
+    encoded: list[Encoded]
+    timing: TimingParts
+
+
+def deadline_of(context) -> float | None:
+    """The call's deadline on the monotonic clock, or None when the client set none."""
+    remaining = context.time_remaining() if context is not None else None
+    return None if remaining is None else time.monotonic() + remaining
+
+
+async def run_inference(
+    model: HostedModel,
+    inputs: Sequence[TextInput],
+    truncate: bool,
+    deadline: float | None,
+    tokenize_pool: Executor,
+    what: str = "text",
+) -> InferenceOutcome:
+    loop = asyncio.get_running_loop()
+    started = time.monotonic()
+    encoded = await loop.run_in_executor(tokenize_pool, model.tokenizer.encode, inputs, truncate)
+    timing = TimingParts(tokenization_s=time.monotonic() - started)
+    if not truncate:
+        over = [i for i, e in enumerate(encoded) if e.length > model.max_tokens]
+        if over:
+            listed = ", ".join(f"{what} {i} has {encoded[i].length} tokens" for i in over[:_LISTED])
+            more = f" and {len(over) - _LISTED} more" if len(over) > _LISTED else ""
+            raise invalid_argument(
+                f"{listed}{more}, over model {model.name!r}'s max_tokens {model.max_tokens}; "
+                "shorten it or send truncate=true"
+            )
+    futures = model.batcher.submit([(e, e.length) for e in encoded], deadline)
+    try:
+        results = await asyncio.gather(*futures)
+    finally:
+        for f in futures:
+            if not f.done():
+                f.cancel()
+    timing.compute_tokens = sum(e.length for e in encoded)
+    timing.add_results(results)
+    return InferenceOutcome(values=[r.value for r in results], encoded=encoded, timing=timing)

@@ -1,0 +1,28 @@
+"""Services of the v1 contract that this version answers with UNIMPLEMENTED and a message."""
+
+from __future__ import annotations
+
+from semserve.service.errors import unimplemented
+from semserve_client.v1 import info_pb2_grpc, reranker_pb2_grpc, search_pb2_grpc
+
+
+class PendingRerankerServicer(reranker_pb2_grpc.RerankerServiceServicer):
+    Rerank = unimplemented("Rerank", "cross-encoder reranking")
+    RerankStream = unimplemented("RerankStream", "cross-encoder reranking")
+
+
+class PendingSearchServicer(search_pb2_grpc.SearchServiceServicer):
+    CreateCollection = unimplemented("CreateCollection", "corpus and search")
+    DropCollection = unimplemented("DropCollection", "corpus and search")
+    ListCollections = unimplemented("ListCollections", "corpus and search")
+    GetCollection = unimplemented("GetCollection", "corpus and search")
+    Upsert = unimplemented("Upsert", "corpus and search")
+    UpsertStream = unimplemented("UpsertStream", "corpus and search")
+    Delete = unimplemented("Delete", "corpus and search")
+    GetDocuments = unimplemented("GetDocuments", "corpus and search")
+    Search = unimplemented("Search", "corpus and search")
+
+
+class PendingAdminServicer(info_pb2_grpc.AdminServiceServicer):
+    LoadModel = unimplemented("LoadModel", "run-time model management")
+    UnloadModel = unimplemented("UnloadModel", "run-time model management")
