@@ -107,20 +107,29 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Models come from local folders only; never reach for a hub, and keep the log readable.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     logging.basicConfig(
         level=getattr(args, "log_level", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if args.command == "serve":
+        from semserve.models.errors import ModelLoadError
+        from semserve.runtime.devices import resolve_devices
         from semserve.server import serve_until_signalled
 
         try:
             config = config_from_args(args)
             config.validate()
-        except ConfigError as exc:
+            resolve_devices(config.device)
+            asyncio.run(serve_until_signalled(config))
+        except (ConfigError, ModelLoadError) as exc:
             print(f"semserve: {exc}", file=sys.stderr)
             return 2
-        asyncio.run(serve_until_signalled(config))
         return 0
     return 2
 

@@ -62,16 +62,17 @@ def load_model(spec: ModelSpec, devices: list[str], dtype_spec: str, batching: B
     Heavy and blocking: call it before the event loop serves, or in an executor. The batcher
     is created here but started by ``HostedModel.batcher.start()`` on the serving loop.
     """
-    from semserve.models.cross_encoder import load_cross_encoder
-    from semserve.models.encoder import load_encoder
-
     stats = ModelStats(model=spec.name)
     replicas, workers = [], []
     for device in devices:
         dtype = resolve_dtype(dtype_spec, device)
         if spec.kind == ENCODER:
+            from semserve.models.encoder import load_encoder
+
             model = load_encoder(spec.path, device=device, dtype=dtype)
         elif spec.kind == CROSS_ENCODER:
+            from semserve.models.cross_encoder import load_cross_encoder
+
             model = load_cross_encoder(spec.path, device=device, dtype=dtype)
         else:
             raise ValueError(f"unknown model kind {spec.kind!r}")

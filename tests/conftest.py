@@ -1,0 +1,73 @@
+"""Shared fixtures: real servers on 127.0.0.1 (port 0), reached over real gRPC channels."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/model_factory.py
+
+from semserve.config import BatchingConfig, ModelSpec, RequestLimits, ServerConfig  # noqa: E402
+from semserve.models.bundled import default_encoder_path  # noqa: E402
+from semserve.server import start_in_background  # noqa: E402
+from semserve_client import SemserveClient  # noqa: E402
+
+BUNDLED_NAME = "all-MiniLM-L6-v2"
+
+
+def server_config(encoders=None, rerankers=(), **overrides) -> ServerConfig:
+    """A loopback CPU server config; keyword overrides go to ServerConfig, BatchingConfig or RequestLimits."""
+    batching_fields = {f.name for f in dataclasses.fields(BatchingConfig)}
+    limits_fields = {f.name for f in dataclasses.fields(RequestLimits)}
+    batching = {k: overrides.pop(k) for k in list(overrides) if k in batching_fields}
+    limits = {k: overrides.pop(k) for k in list(overrides) if k in limits_fields}
+    if encoders is None:
+        encoders = (ModelSpec(BUNDLED_NAME, default_encoder_path(), "encoder"),)
+    return ServerConfig(
+        host="127.0.0.1",
+        port=0,
+        encoders=tuple(encoders),
+        rerankers=tuple(rerankers),
+        device="cpu",
+        batching=BatchingConfig(**batching),
+        limits=RequestLimits(**limits),
+        grace_period_s=5.0,
+        metrics_port=0,
+        **overrides,
+    )
+
+
+@pytest.fixture(scope="session")
+def encoder_server():
+    """A server hosting the bundled all-MiniLM-L6-v2 as its default encoder."""
+    handle = start_in_background(server_config())
+    yield handle
+    handle.stop()
+
+
+@pytest.fixture(scope="session")
+def client(encoder_server):
+    with SemserveClient(encoder_server.address, timeout=60) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def bundled_st():
+    """sentence-transformers on the same folder: the reference, never used by the server."""
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(default_encoder_path()), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def small_queue_server():
+    """Small queue, batches of two and 1 MiB messages: easy to fill, to keep busy and to overflow."""
+    handle = start_in_background(
+        server_config(max_queue_size=16, max_texts_per_request=16, max_documents_per_rerank=16, max_batch_size=2, max_queue_delay_us=0,
+                      max_receive_message_bytes=1 << 20)
+    )
+    yield handle
+    handle.stop()
