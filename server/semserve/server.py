@@ -19,7 +19,8 @@ from semserve.registry import ModelRegistry, load_model
 from semserve.runtime.devices import resolve_devices
 from semserve.service.encoder_service import EncoderServicer
 from semserve.service.info_service import InfoServicer
-from semserve.service.pending import PendingAdminServicer, PendingRerankerServicer, PendingSearchServicer
+from semserve.service.pending import PendingAdminServicer, PendingSearchServicer
+from semserve.service.reranker_service import RerankerServicer
 from semserve_client.v1 import encoder_pb2, encoder_pb2_grpc, info_pb2, info_pb2_grpc, reranker_pb2
 from semserve_client.v1 import reranker_pb2_grpc, search_pb2, search_pb2_grpc
 
@@ -69,7 +70,9 @@ class SemserveServer:
         encoder_pb2_grpc.add_EncoderServiceServicer_to_server(
             EncoderServicer(self.registry, limits, self.tokenize_pool), server
         )
-        reranker_pb2_grpc.add_RerankerServiceServicer_to_server(PendingRerankerServicer(), server)
+        reranker_pb2_grpc.add_RerankerServiceServicer_to_server(
+            RerankerServicer(self.registry, limits, self.tokenize_pool), server
+        )
         search_pb2_grpc.add_SearchServiceServicer_to_server(PendingSearchServicer(), server)
         info_pb2_grpc.add_InfoServiceServicer_to_server(InfoServicer(self.registry, self.config), server)
         info_pb2_grpc.add_AdminServiceServicer_to_server(PendingAdminServicer(), server)

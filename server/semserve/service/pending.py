@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 from semserve.service.errors import unimplemented
-from semserve_client.v1 import info_pb2_grpc, reranker_pb2_grpc, search_pb2_grpc
-
-
-class PendingRerankerServicer(reranker_pb2_grpc.RerankerServiceServicer):
-    Rerank = unimplemented("Rerank", "cross-encoder reranking")
-    RerankStream = unimplemented("RerankStream", "cross-encoder reranking")
+from semserve_client.v1 import info_pb2_grpc, search_pb2_grpc
 
 
 class PendingSearchServicer(search_pb2_grpc.SearchServiceServicer):
