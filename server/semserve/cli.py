@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Prometheus /metrics over HTTP; 0 disables")
     s.add_argument("--tokenizer-threads", type=int, default=_env("tokenizer_threads", 2))
     s.add_argument("--log-level", default=_env("log_level", "INFO"))
+    s.add_argument("--admin-token", default=_env("admin_token", None),
+                   help="enables LoadModel/UnloadModel for calls with 'authorization: Bearer TOKEN' (SEMSERVE_ADMIN_TOKEN)")
     return parser
 
 
@@ -102,6 +104,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         metrics_port=args.metrics_port,
         tokenizer_threads=args.tokenizer_threads,
         log_level=args.log_level,
+        admin_token=args.admin_token or None,
     )
 
 

@@ -99,6 +99,8 @@ class ServerConfig:
     # Concurrent RPCs gRPC accepts before answering RESOURCE_EXHAUSTED itself.
     max_concurrent_rpcs: int = 10000
     log_level: str = "INFO"
+    # Enables AdminService (LoadModel/UnloadModel) for callers presenting it; None disables it.
+    admin_token: str | None = None
 
     def validate(self) -> None:
         self.batching.validate()

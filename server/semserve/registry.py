@@ -5,6 +5,7 @@ the kind the RPC needs."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,30 @@ class HostedModel:
     pooling: str = ""
     # The loaded modules, one per device (kept for heads that act after the batch, e.g. activation).
     replicas: list[Any] = field(default_factory=list)
+    # Requests currently using this model; an unload waits for them so none is lost.
+    active_requests: int = 0
+    _idle: asyncio.Event | None = None
+
+    @contextlib.contextmanager
+    def in_use(self):
+        """Count a request as using the model from its first step to its reply."""
+        self.active_requests += 1
+        try:
+            yield self
+        finally:
+            self.active_requests -= 1
+            if self.active_requests == 0 and self._idle is not None:
+                self._idle.set()
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until no request uses the model; False if some still do after timeout_s."""
+        while self.active_requests:
+            self._idle = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._idle.wait(), timeout_s)
+            except TimeoutError:
+                return False
+        return True
 
 
 def load_model(spec: ModelSpec, devices: list[str], dtype_spec: str, batching: BatchingConfig) -> HostedModel:
@@ -108,6 +133,16 @@ class ModelRegistry:
     def __init__(self) -> None:
         self._models: dict[str, HostedModel] = {}
         self._defaults: dict[str, str] = {}
+        # Names being loaded at run time, so two loads cannot race for one name.
+        self._reserved: set[str] = set()
+
+    def reserve(self, name: str) -> None:
+        if name in self._models or name in self._reserved:
+            raise ValueError(f"a model named {name!r} is already loaded or loading")
+        self._reserved.add(name)
+
+    def release(self, name: str) -> None:
+        self._reserved.discard(name)
 
     def add(self, model: HostedModel) -> None:
         if model.name in self._models:

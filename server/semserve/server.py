@@ -19,7 +19,8 @@ from semserve.registry import ModelRegistry, load_model
 from semserve.runtime.devices import resolve_devices
 from semserve.service.encoder_service import EncoderServicer
 from semserve.service.info_service import InfoServicer
-from semserve.service.pending import PendingAdminServicer, PendingSearchServicer
+from semserve.service.admin_service import AdminServicer
+from semserve.service.pending import PendingSearchServicer
 from semserve.service.reranker_service import RerankerServicer
 from semserve_client.v1 import encoder_pb2, encoder_pb2_grpc, info_pb2, info_pb2_grpc, reranker_pb2
 from semserve_client.v1 import reranker_pb2_grpc, search_pb2, search_pb2_grpc
@@ -75,7 +76,9 @@ class SemserveServer:
         )
         search_pb2_grpc.add_SearchServiceServicer_to_server(PendingSearchServicer(), server)
         info_pb2_grpc.add_InfoServiceServicer_to_server(InfoServicer(self.registry, self.config), server)
-        info_pb2_grpc.add_AdminServiceServicer_to_server(PendingAdminServicer(), server)
+        info_pb2_grpc.add_AdminServiceServicer_to_server(
+            AdminServicer(self.registry, self.config, self.devices, self.config.admin_token), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             [*SERVICE_NAMES.values(), health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],

@@ -39,6 +39,11 @@ async def run_inference(
     tokenize_pool: Executor,
     what: str = "text",
 ) -> InferenceOutcome:
+    with model.in_use():
+        return await _run(model, inputs, truncate, deadline, tokenize_pool, what)
+
+
+async def _run(model, inputs, truncate, deadline, tokenize_pool, what) -> InferenceOutcome:
     loop = asyncio.get_running_loop()
     started = time.monotonic()
     encoded = await loop.run_in_executor(tokenize_pool, model.tokenizer.encode, inputs, truncate)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from semserve.service.errors import unimplemented
-from semserve_client.v1 import info_pb2_grpc, search_pb2_grpc
+from semserve_client.v1 import search_pb2_grpc
 
 
 class PendingSearchServicer(search_pb2_grpc.SearchServiceServicer):
@@ -16,8 +16,3 @@ class PendingSearchServicer(search_pb2_grpc.SearchServiceServicer):
     Delete = unimplemented("Delete", "corpus and search")
     GetDocuments = unimplemented("GetDocuments", "corpus and search")
     Search = unimplemented("Search", "corpus and search")
-
-
-class PendingAdminServicer(info_pb2_grpc.AdminServiceServicer):
-    LoadModel = unimplemented("LoadModel", "run-time model management")
-    UnloadModel = unimplemented("UnloadModel", "run-time model management")
