@@ -89,8 +89,9 @@ def test_load_serve_beside_the_base_and_unload_losing_no_request(admin_server, t
             ]
             tiny = admin_server.server.registry.get("tiny", "encoder")
             deadline = time.monotonic() + 30
-            while tiny.active_requests < 2 and time.monotonic() < deadline:
-                time.sleep(0.005)
+            # wait until every request has reached the server (running there, or already answered)
+            while tiny.active_requests + sum(f.done() for f in in_flight) < 12 and time.monotonic() < deadline:
+                time.sleep(0.002)
             assert tiny.active_requests >= 2, "the unload must meet requests in flight"
             unload(c, "tiny")
             results = [f.result() for f in in_flight]  # every one of them is answered
