@@ -36,5 +36,10 @@ test: install node-install
 protos: install
 	$(PY) protos/generate.py
 
+# On a CUDA machine: semserve and its peers on the same GPU, in one run (see docs/benchmarks.md).
+BENCH_MINILM ?= .models/minilm
+bench-gpu:
+	PYTHONPATH=server:client:$$PYTHONPATH $(or $(BENCH_PYTHON),$(PY)) tests/perf/bench_gpu.py --minilm $(BENCH_MINILM) $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) client/node/node_modules .pytest_cache

@@ -45,6 +45,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--top-n", type=int, default=None)
     r.add_argument("--raw-scores", action="store_true")
 
+    b = sub.add_parser("bench", help="closed-loop load: throughput and latency percentiles (JSON)")
+    b.add_argument("--mode", choices=["embed", "embed-stream", "rerank"], default="embed")
+    b.add_argument("--concurrency", type=int, default=32, help="requests (or streams) in flight")
+    b.add_argument("--request-size", type=int, default=32, help="texts (or documents) per request")
+    b.add_argument("--duration", type=float, default=10.0, help="seconds measured, after the warm-up")
+    b.add_argument("--warmup", type=float, default=2.0)
+    b.add_argument("--processes", type=int, default=1, help="client processes sharing the concurrency")
+    b.add_argument("--window", type=int, default=8, help="requests in flight per stream")
+    b.add_argument("--model", default="")
+
     sub.add_parser("info", help="models and limits")
     sub.add_parser("health", help="overall health status")
     return parser
@@ -65,6 +75,13 @@ def run(args: argparse.Namespace, client: SemserveClient) -> object:
     if args.command == "rerank":
         response = client.rerank(args.query, args.documents, args.model, args.top_n, True, args.raw_scores)
         return MessageToDict(response, preserving_proto_field_name=True)
+    if args.command == "bench":
+        from semserve_client.bench import LoadSpec, run_load
+
+        spec = LoadSpec(target=args.target, mode=args.mode, concurrency=args.concurrency,
+                        request_size=args.request_size, duration_s=args.duration, warmup_s=args.warmup,
+                        model=args.model, window=args.window)
+        return run_load(spec, processes=args.processes)
     if args.command == "info":
         return MessageToDict(client.info(), preserving_proto_field_name=True)
     if args.command == "health":

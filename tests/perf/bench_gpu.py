@@ -1,0 +1,276 @@
+"""GPU benchmark: semserve against the peers a user would otherwise pick, in one run on one GPU.
+
+Run with `make bench-gpu` (or `python tests/perf/bench_gpu.py --minilm DIR --out FILE`) on a
+machine with a CUDA GPU. It measures, on the same deterministic texts:
+  peers   sentence-transformers encode (batch 256, and one text per call), CrossEncoder.predict,
+          a BERT-base-sized encoder, and the GPU's fp16 matrix rate;
+  semserve a server started on the GPU, driven over gRPC by `semserve-client bench`
+          (several client processes), for each target of docs/benchmarks.md.
+It prints every figure with its ratio to the peer and writes JSON. Not part of `make test`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT / "server"), str(ROOT / "client")]
+
+from semserve_client import SemserveClient  # noqa: E402
+from semserve_client.bench import LoadSpec, run_load, synthetic_texts  # noqa: E402
+
+
+def log(*parts) -> None:
+    print(*parts, flush=True)
+
+
+def timed(fn, repeat: int = 1) -> float:
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) / repeat
+
+
+def matmul_tflops() -> float:
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.float16)
+    b = torch.randn(8192, 8192, device="cuda", dtype=torch.float16)
+    for _ in range(3):
+        a @ b
+    seconds = timed(lambda: a @ b, repeat=20)
+    return 2 * 8192**3 / seconds / 1e12
+
+
+def make_random_folder(path: Path, tokenizer_dir: Path, kind: str, **config) -> Path:
+    """A random-init BERT folder (speed does not depend on weights) with a real tokenizer."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, BertModel
+
+    torch.manual_seed(0)
+    cfg = BertConfig(**config)
+    model = BertModel(cfg) if kind == "encoder" else BertForSequenceClassification(cfg)
+    model.half().save_pretrained(path)
+    AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(path)
+    return path
+
+
+def st_folder(hf_folder: Path, out: Path) -> Path:
+    from sentence_transformers import SentenceTransformer, models
+
+    transformer = models.Transformer(str(hf_folder), max_seq_length=256)
+    pooling = models.Pooling(transformer.get_word_embedding_dimension(), "mean")
+    SentenceTransformer(modules=[transformer, pooling]).save(str(out))
+    return out
+
+
+def peer_encode(folder: Path, texts: list[str], batch_size: int) -> float:
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(folder), device="cuda").half()
+    model.encode(texts[:2048], batch_size=batch_size)
+    seconds = timed(lambda: model.encode(texts, batch_size=batch_size, convert_to_numpy=True))
+    del model
+    return len(texts) / seconds
+
+
+def peer_encode_single(folder: Path, texts: list[str]) -> float:
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(folder), device="cuda").half()
+    for t in texts[:20]:
+        model.encode([t])
+    seconds = timed(lambda: [model.encode([t]) for t in texts])
+    del model
+    return len(texts) / seconds
+
+
+def peer_rerank(folder: Path, texts: list[str], batch_size: int) -> float:
+    from sentence_transformers import CrossEncoder
+
+    model = CrossEncoder(str(folder), device="cuda")
+    model.model.half()
+    pairs = [(texts[i], texts[i + 1]) for i in range(0, len(texts) - 1)]
+    model.predict(pairs[:2048], batch_size=batch_size)
+    seconds = timed(lambda: model.predict(pairs, batch_size=batch_size))
+    del model
+    return len(pairs) / seconds
+
+
+def start_server(args: argparse.Namespace, models: dict[str, Path], reranker: Path) -> tuple[subprocess.Popen, str]:
+    cmd = [sys.executable, "-m", "semserve", "serve", "--host", "127.0.0.1", "--port", "0", "--device", "cuda",
+           "--dtype", "float16", "--metrics-port", "0", "--max-batch-tokens", str(args.max_batch_tokens),
+           "--max-batch-size", str(args.max_batch_size), "--max-queue-delay-ms", str(args.max_queue_delay_ms),
+           "--tokenizer-threads", str(args.tokenizer_threads), "--max-queue-size", "65536",
+           "--max-queue-tokens", "20000000", "--reranker", f"ce={reranker}"]
+    for name, path in models.items():
+        cmd += ["--encoder", f"{name}={path}"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "server"), str(ROOT / "client"),
+                                                         os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        log("  server:", line.rstrip())
+        match = re.search(r"listening on (\S+):(\d+)", line)
+        if match:
+            threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
+            return proc, f"{match.group(1)}:{match.group(2)}"
+    proc.kill()
+    raise RuntimeError("server did not start")
+
+
+def model_tokens(address: str, name: str) -> tuple[int, int]:
+    with SemserveClient(address) as c:
+        stats = next(m for m in c.info().models if m.name == name).stats
+    return stats.items, stats.tokens
+
+
+def load(address: str, args, **kw) -> dict:
+    spec = LoadSpec(target=address, duration_s=kw.pop("duration", args.duration), warmup_s=args.warmup, **kw)
+    processes = kw.get("processes") or args.client_processes
+    if spec.concurrency < processes:
+        processes = 1
+    result = run_load(spec, processes=processes)
+    log("  ", json.dumps(result))
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minilm", type=Path, required=True, help="all-MiniLM-L6-v2 folder (fp16 is fine)")
+    parser.add_argument("--out", type=Path, default=ROOT / ".bench" / "results.json")
+    parser.add_argument("--duration", type=float, default=12.0)
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--client-processes", type=int, default=8)
+    parser.add_argument("--max-batch-tokens", type=int, default=32768)
+    parser.add_argument("--max-batch-size", type=int, default=512)
+    parser.add_argument("--max-queue-delay-ms", type=float, default=2.0)
+    parser.add_argument("--tokenizer-threads", type=int, default=4)
+    parser.add_argument("--peer-texts", type=int, default=20000)
+    parser.add_argument("--skip", default="", help="comma-separated sections to skip: peers,bert,rerank")
+    args = parser.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+    work = Path(tempfile.mkdtemp(prefix="semserve-bench-"))
+    results: dict = {
+        "date": time.strftime("%Y-%m-%d"),
+        "device": torch.cuda.get_device_name(0),
+        "torch": torch.__version__,
+        "command": " ".join(sys.argv),
+        "settings": {k: str(v) for k, v in vars(args).items()},
+    }
+    texts = synthetic_texts(args.peer_texts, seed=1)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(args.minilm))
+    lengths = [len(ids) for ids in tok(texts[:2000])["input_ids"]]
+    results["texts"] = {"count": len(texts), "mean_tokens": sum(lengths) / len(lengths),
+                        "min_tokens": min(lengths), "max_tokens": max(lengths)}
+    log("texts:", results["texts"])
+
+    bert_hf = make_random_folder(work / "bert-base-hf", args.minilm, "encoder")  # BertConfig() is BERT-base
+    bert = st_folder(bert_hf, work / "bert-base")
+    ce = make_random_folder(work / "ce-minilm", args.minilm, "cross_encoder", hidden_size=384, num_hidden_layers=6,
+                            num_attention_heads=12, intermediate_size=1536, num_labels=1)
+    nonembedding = sum(p.numel() for n, p in __import__("transformers").BertModel.from_pretrained(bert_hf)
+                       .named_parameters() if "embeddings" not in n and "pooler" not in n)
+
+    peers: dict = {}
+    peers["matmul_fp16_tflops"] = matmul_tflops()
+    log("matmul fp16 TFLOP/s:", round(peers["matmul_fp16_tflops"], 1))
+    if "peers" not in skip:
+        peers["st_encode_b256"] = peer_encode(args.minilm, texts, 256)
+        log("ST encode batch 256 texts/s:", round(peers["st_encode_b256"]))
+        peers["st_encode_single"] = peer_encode_single(args.minilm, texts[:400])
+        log("ST encode one text per call texts/s:", round(peers["st_encode_single"]))
+        peers["st_bert_base_b256"] = peer_encode(bert, texts[:10000], 256)
+        log("ST BERT-base encode batch 256 texts/s:", round(peers["st_bert_base_b256"]))
+        peers["ce_predict_b32"] = peer_rerank(ce, texts[:10000], 32)
+        peers["ce_predict_b256"] = peer_rerank(ce, texts[:10000], 256)
+        log("CrossEncoder.predict pairs/s (b32, b256):", round(peers["ce_predict_b32"]), round(peers["ce_predict_b256"]))
+    gc.collect()
+    torch.cuda.empty_cache()
+    results["peers"] = peers
+
+    proc, address = start_server(args, {"minilm": args.minilm, "bert-base": bert}, ce)
+    ours: dict = {}
+    try:
+        log("semserve, MiniLM, 32-text Embed:")
+        ours["embed_32"] = load(address, args, mode="embed", model="minilm", concurrency=64, request_size=32)
+        log("semserve, MiniLM, single-text EmbedStream:")
+        ours["stream_1"] = load(address, args, mode="embed-stream", model="minilm", concurrency=32, request_size=1,
+                                window=64)
+        log("semserve, MiniLM, single-text unary Embed:")
+        ours["unary_1"] = load(address, args, mode="embed", model="minilm", concurrency=256, request_size=1)
+        log("semserve, MiniLM, lone single-text Embed:")
+        ours["lone_1"] = load(address, args, mode="embed", model="minilm", concurrency=1, request_size=1,
+                              processes=1, duration=8)
+        if "bert" not in skip:
+            log("semserve, BERT-base, 32-text Embed:")
+            items0, tokens0 = model_tokens(address, "bert-base")
+            ours["bert_32"] = load(address, args, mode="embed", model="bert-base", concurrency=64, request_size=32)
+            items1, tokens1 = model_tokens(address, "bert-base")
+            tokens_per_text = (tokens1 - tokens0) / max(1, items1 - items0)
+            tflops = 2 * nonembedding * tokens_per_text * ours["bert_32"]["items_per_s"] / 1e12
+            ours["bert_32"].update(tokens_per_text=tokens_per_text, tflops=tflops,
+                                   fraction_of_matmul=tflops / peers["matmul_fp16_tflops"])
+        if "rerank" not in skip:
+            log("semserve, cross-encoder, 32-document Rerank:")
+            ours["rerank_32"] = load(address, args, mode="rerank", model="ce", concurrency=64, request_size=32)
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    results["semserve"] = ours
+
+    rows = []
+
+    def row(name, value, unit, peer=None, peer_name="", target=""):
+        ratio = value / peer if peer else None
+        rows.append({"work": name, "semserve": value, "unit": unit, "peer": peer, "peer_name": peer_name,
+                     "ratio": ratio, "target": target})
+
+    if "peers" not in skip:
+        row("encode MiniLM, 32-text requests", ours["embed_32"]["items_per_s"], "texts/s", peers["st_encode_b256"],
+            "ST encode batch 256", ">= 5x")
+        row("encode MiniLM, single-text EmbedStream", ours["stream_1"]["items_per_s"], "texts/s", None, "", ">= 10,000/s")
+        row("encode MiniLM, single-text unary", ours["unary_1"]["items_per_s"], "texts/s", peers["st_encode_single"],
+            "ST encode one text per call", ">= 50x")
+        if "bert_32" in ours:
+            row("encode BERT-base, 32-text requests", ours["bert_32"]["tflops"], "TFLOP/s",
+                peers["matmul_fp16_tflops"], "fp16 matmul rate", ">= 0.40")
+            row("encode BERT-base vs ST", ours["bert_32"]["items_per_s"], "texts/s", peers["st_bert_base_b256"],
+                "ST encode batch 256", "")
+        if "rerank_32" in ours:
+            best = max(peers["ce_predict_b32"], peers["ce_predict_b256"])
+            row("rerank MiniLM-sized, 32-doc requests", ours["rerank_32"]["items_per_s"], "pairs/s", best,
+                "CrossEncoder.predict (best of b32, b256)", ">= 5x")
+    row("lone single-text Embed p50", ours["lone_1"]["p50_ms"], "ms", None, "", "<= 3 ms")
+    row("lone single-text Embed p99", ours["lone_1"]["p99_ms"], "ms", None, "", "<= 10 ms")
+    results["table"] = rows
+    log("\n| work | semserve | peer | ratio | target |\n|---|---|---|---|---|")
+    for r in rows:
+        peer = f"{r['peer']:.1f} ({r['peer_name']})" if r["peer"] else "—"
+        ratio = f"{r['ratio']:.2f}" if r["ratio"] else "—"
+        log(f"| {r['work']} | {r['semserve']:.1f} {r['unit']} | {peer} | {ratio} | {r['target']} |")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    log("wrote", args.out)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
