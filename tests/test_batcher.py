@@ -47,7 +47,7 @@ def make(config: BatchingConfig, runner: FakeRunner | None = None, workers: int 
 
 
 def item(tokens: int) -> WorkItem:
-    return WorkItem(payload=tokens, tokens=tokens, future=None)  # type: ignore[arg-type]
+    return WorkItem(payload=tokens, tokens=tokens, group=None)  # type: ignore[arg-type]
 
 
 def test_split_sorted_respects_budget_and_minimises_padding():
@@ -70,8 +70,8 @@ def test_split_sorted_respects_size_cap():
 def test_concurrent_submissions_coalesce_into_few_batches():
     async def main():
         batcher, runner, stats = make(BatchingConfig(max_queue_delay_us=20_000))
-        futures = [f for n in range(64) for f in batcher.submit([(n, 5)])]
-        results = await asyncio.gather(*futures)
+        futures = [batcher.submit([(n, 5)]) for n in range(64)]
+        results = [r[0] for r in await asyncio.gather(*futures)]
         await batcher.stop()
         return results, runner, stats
 
@@ -85,7 +85,7 @@ def test_lone_item_waits_about_max_queue_delay():
     async def main():
         batcher, _, _ = make(BatchingConfig(max_queue_delay_us=50_000))
         t0 = time.monotonic()
-        await batcher.submit([("x", 3)])[0]
+        await batcher.submit([("x", 3)])
         waited = time.monotonic() - t0
         await batcher.stop()
         return waited
@@ -98,7 +98,7 @@ def test_full_batch_goes_without_waiting_for_the_delay():
     async def main():
         batcher, _, _ = make(BatchingConfig(max_queue_delay_us=5_000_000, max_batch_size=8))
         t0 = time.monotonic()
-        await asyncio.gather(*batcher.submit([(n, 3) for n in range(8)]))
+        await batcher.submit([(n, 3) for n in range(8)])
         waited = time.monotonic() - t0
         await batcher.stop()
         return waited
@@ -117,7 +117,7 @@ def test_batches_are_length_sorted_under_the_token_budget():
         lengths = [30, 2, 31, 3, 29, 4, 2, 30]
         futures = batcher.submit([(n, n) for n in lengths])
         runner.gate.set()
-        await asyncio.gather(*first, *futures)
+        await asyncio.gather(first, futures)
         await batcher.stop()
         return runner.batches[1:]
 
@@ -143,7 +143,7 @@ def test_queue_bound_refuses_at_once_and_never_partially_admits():
         with pytest.raises(QueueFull):
             batcher.submit([("long", 995)])  # the token bound too
         runner.gate.set()
-        await asyncio.gather(*held, *ok)
+        await asyncio.gather(held, ok)
         await batcher.stop()
         return stats
 
@@ -160,13 +160,13 @@ def test_expired_and_cancelled_items_are_dropped_before_compute():
         await asyncio.sleep(0.05)
         expiring = batcher.submit([("late", 1)], deadline=time.monotonic() + 0.05)
         cancelled = batcher.submit([("gone", 1)])
-        cancelled[0].cancel()
+        cancelled.cancel()
         survivor = batcher.submit([("kept", 1)])
         await asyncio.sleep(0.15)
         runner.gate.set()
-        await asyncio.gather(*held, *survivor)
+        await asyncio.gather(held, survivor)
         with pytest.raises(DeadlineExpired):
-            await expiring[0]
+            await expiring
         await batcher.stop()
         return runner
 
@@ -183,7 +183,7 @@ def test_several_workers_share_the_load():
         config = BatchingConfig(max_batch_size=4, max_queue_delay_us=0)
         batcher = DynamicBatcher("fake2", [DeviceWorker(runner_a, stats), DeviceWorker(runner_b, stats)], config, stats)
         batcher.start()
-        await asyncio.gather(*batcher.submit([(n, 2) for n in range(32)]))
+        await batcher.submit([(n, 2) for n in range(32)])
         await batcher.stop()
         return runner_a, runner_b
 
@@ -203,8 +203,8 @@ def test_a_failing_batch_fails_its_items_and_the_batcher_goes_on():
         batcher, _, _ = make(BatchingConfig(max_queue_delay_us=0, max_batch_size=1), Flaky())
         bad = batcher.submit([("boom", 1)])
         with pytest.raises(RuntimeError, match="device error"):
-            await bad[0]
-        good = await batcher.submit([("fine", 1)])[0]
+            await bad
+        good = (await batcher.submit([("fine", 1)]))[0]
         await batcher.stop()
         return good
 

@@ -140,12 +140,24 @@ def model_tokens(address: str, name: str) -> tuple[int, int]:
     return stats.items, stats.tokens
 
 
-def load(address: str, args, **kw) -> dict:
+def load(address: str, args, profile_as: str = "", server_pid: int = 0, **kw) -> dict:
+    processes = kw.pop("processes", None) or args.client_processes
     spec = LoadSpec(target=address, duration_s=kw.pop("duration", args.duration), warmup_s=args.warmup, **kw)
-    processes = kw.get("processes") or args.client_processes
     if spec.concurrency < processes:
         processes = 1
+    profiler = None
+    if args.profile_dir and profile_as:
+        # Sample the server's Python stacks (all threads) during the measured part of the load.
+        args.profile_dir.mkdir(parents=True, exist_ok=True)
+        profiler = subprocess.Popen(
+            ["sh", "-c", f"sleep {args.warmup + 1}; exec {args.py_spy} record --pid {server_pid} --duration "
+             f"{max(2, int(spec.duration_s) - 2)} --rate 250 --format raw --threads --nonblocking "
+             f"--output {args.profile_dir / (profile_as + '.txt')}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
     result = run_load(spec, processes=processes)
+    if profiler is not None:
+        profiler.wait(60)
     log("  ", json.dumps(result))
     return result
 
@@ -162,6 +174,8 @@ def main() -> None:
     parser.add_argument("--max-queue-delay-ms", type=float, default=2.0)
     parser.add_argument("--tokenizer-threads", type=int, default=4)
     parser.add_argument("--peer-texts", type=int, default=20000)
+    parser.add_argument("--profile-dir", type=Path, default=None, help="write py-spy profiles of the server here")
+    parser.add_argument("--py-spy", default="py-spy")
     parser.add_argument("--skip", default="", help="comma-separated sections to skip: peers,bert,rerank")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
@@ -210,12 +224,12 @@ def main() -> None:
     ours: dict = {}
     try:
         log("semserve, MiniLM, 32-text Embed:")
-        ours["embed_32"] = load(address, args, mode="embed", model="minilm", concurrency=64, request_size=32)
+        ours["embed_32"] = load(address, args, "embed_32", proc.pid, mode="embed", model="minilm", concurrency=64, request_size=32)
         log("semserve, MiniLM, single-text EmbedStream:")
         ours["stream_1"] = load(address, args, mode="embed-stream", model="minilm", concurrency=32, request_size=1,
                                 window=64)
         log("semserve, MiniLM, single-text unary Embed:")
-        ours["unary_1"] = load(address, args, mode="embed", model="minilm", concurrency=256, request_size=1)
+        ours["unary_1"] = load(address, args, "unary_1", proc.pid, mode="embed", model="minilm", concurrency=256, request_size=1)
         log("semserve, MiniLM, lone single-text Embed:")
         ours["lone_1"] = load(address, args, mode="embed", model="minilm", concurrency=1, request_size=1,
                               processes=1, duration=8)

@@ -15,7 +15,7 @@ import logging
 import time
 from typing import Any, Sequence
 
-from semserve.batching.items import QueueFull, WorkItem
+from semserve.batching.items import QueueFull, RequestGroup, WorkItem
 from semserve.batching.planner import split_sorted
 from semserve.config import BatchingConfig
 from semserve.runtime.worker import DeviceWorker
@@ -46,8 +46,11 @@ class DynamicBatcher:
 
     # -- admission -------------------------------------------------------------------------
 
-    def submit(self, payloads: Sequence[tuple[Any, int]], deadline: float | None = None) -> list[asyncio.Future]:
-        """Queue (payload, tokens) pairs all-or-nothing; raise QueueFull past either bound."""
+    def submit(self, payloads: Sequence[tuple[Any, int]], deadline: float | None = None) -> asyncio.Future:
+        """Queue (payload, tokens) pairs all-or-nothing; raise QueueFull past either bound.
+
+        The returned future resolves to one ItemResult per payload, in order.
+        """
         count = len(payloads)
         tokens = sum(t for _, t in payloads)
         cfg = self.config
@@ -57,13 +60,15 @@ class DynamicBatcher:
                 f"model {self.name!r} queue is full ({len(self._pending)} items, {self._pending_tokens} tokens "
                 f"waiting; bounds {cfg.max_queue_size} items, {cfg.max_queue_tokens} tokens); retry with backoff"
             )
-        loop = asyncio.get_running_loop()
-        items = [WorkItem(payload=p, tokens=t, future=loop.create_future(), deadline=deadline) for p, t in payloads]
-        self._pending.extend(items)
+        group = RequestGroup(asyncio.get_running_loop().create_future(), count, deadline)
+        now = time.monotonic()
+        self._pending.extend(
+            WorkItem(payload=p, tokens=t, group=group, index=i, enqueued_at=now) for i, (p, t) in enumerate(payloads)
+        )
         self._pending_tokens += tokens
         self.stats.queued_items = len(self._pending)
         self._item_arrived.set()
-        return [i.future for i in items]
+        return group.future
 
     @property
     def queued_items(self) -> int:
@@ -85,9 +90,7 @@ class DynamicBatcher:
                 pass
             self._task = None
         while self._pending:
-            item = self._pending.popleft()
-            if not item.future.done():
-                item.future.set_exception(RuntimeError(f"model {self.name!r} is shutting down"))
+            self._pending.popleft().group.fail(RuntimeError(f"model {self.name!r} is shutting down"))
         self._pending_tokens = 0
         if self._dispatched:
             await asyncio.gather(*self._dispatched, return_exceptions=True)
@@ -158,7 +161,7 @@ class DynamicBatcher:
             return
         now = time.monotonic()
         if any(i.is_dead(now) for i in self._pending):
-            alive = [i for i in self._pending if not i.future.done()]
+            alive = [i for i in self._pending if not i.group.future.done()]
             self._pending = collections.deque(alive)
             self._pending_tokens = sum(i.tokens for i in alive)
             self.stats.queued_items = len(alive)

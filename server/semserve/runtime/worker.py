@@ -95,12 +95,10 @@ class DeviceWorker:
             )
             self.stats.record_batch(info.size, info.real_tokens, info.padded_tokens, elapsed)
             for item, out in zip(live, outputs):
-                if not item.future.done():
-                    item.future.set_result(ItemResult(value=out, batch=info, queue_time_s=started - item.enqueued_at))
-        except Exception as exc:  # a failed batch fails its items, never the worker
+                item.group.resolve(item.index, ItemResult(value=out, batch=info, queue_time_s=started - item.enqueued_at))
+        except Exception as exc:  # a failed batch fails its requests, never the worker
             for item in live:
-                if not item.future.done():
-                    item.future.set_exception(exc)
+                item.group.fail(exc)
         finally:
             self.release_slot()
 

@@ -16,6 +16,12 @@ from semserve.service.timing import TimingParts
 
 # How many offending indexes an error message lists before summarising.
 _LISTED = 5
+# Requests up to this many characters are tokenized on the event loop (tens of microseconds).
+INLINE_TOKENIZE_CHARS = 1024
+
+
+def _chars(inputs: Sequence[TextInput]) -> int:
+    return sum(len(x) if isinstance(x, str) else len(x[0]) + len(x[1]) for x in inputs)
 
 
 @dataclass
@@ -44,9 +50,14 @@ async def run_inference(
 
 
 async def _run(model, inputs, truncate, deadline, tokenize_pool, what) -> InferenceOutcome:
-    loop = asyncio.get_running_loop()
     started = time.monotonic()
-    encoded = await loop.run_in_executor(tokenize_pool, model.tokenizer.encode, inputs, truncate)
+    if _chars(inputs) <= INLINE_TOKENIZE_CHARS:
+        # A thread hop costs more than tokenizing a few short texts on the loop itself.
+        encoded = model.tokenizer.encode(inputs, truncate)
+    else:
+        encoded = await asyncio.get_running_loop().run_in_executor(
+            tokenize_pool, model.tokenizer.encode, inputs, truncate
+        )
     timing = TimingParts(tokenization_s=time.monotonic() - started)
     if not truncate:
         over = [i for i, e in enumerate(encoded) if e.length > model.max_tokens]
@@ -57,13 +68,12 @@ async def _run(model, inputs, truncate, deadline, tokenize_pool, what) -> Infere
                 f"{listed}{more}, over model {model.name!r}'s max_tokens {model.max_tokens}; "
                 "shorten it or send truncate=true"
             )
-    futures = model.batcher.submit([(e, e.length) for e in encoded], deadline)
+    future = model.batcher.submit([(e, e.length) for e in encoded], deadline)
     try:
-        results = await asyncio.gather(*futures)
+        results = await future
     finally:
-        for f in futures:
-            if not f.done():
-                f.cancel()
+        if not future.done():  # the call was cancelled: its queued items are dropped
+            future.cancel()
     timing.compute_tokens = sum(e.length for e in encoded)
     timing.add_results(results)
     return InferenceOutcome(values=[r.value for r in results], encoded=encoded, timing=timing)
