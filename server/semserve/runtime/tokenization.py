@@ -53,7 +53,12 @@ class TextTokenizer:
         """Token ids per input; with truncate=False over-long inputs are returned whole
         (the caller refuses them, naming their index)."""
         backend = self._truncating if truncate else self._full
-        encodings = backend.encode_batch(self._prepare(inputs))
+        prepared = self._prepare(inputs)
+        if len(prepared) == 1:  # skips the batch path's thread-pool fan-out for a lone text
+            single = prepared[0]
+            encodings = [backend.encode(*single) if isinstance(single, tuple) else backend.encode(single)]
+        else:
+            encodings = backend.encode_batch(prepared)
         return [Encoded(ids=e.ids, type_ids=e.type_ids, truncated=bool(e.overflowing)) for e in encodings]
 
     def describe(self, inputs: Sequence[TextInput], truncate: bool) -> list[tuple[Encoding, int]]:
