@@ -81,17 +81,37 @@ def test_concurrent_submissions_coalesce_into_few_batches():
     assert stats.items == 64
 
 
-def test_lone_item_waits_about_max_queue_delay():
+def test_lone_item_on_an_idle_worker_goes_at_once():
     async def main():
-        batcher, _, _ = make(BatchingConfig(max_queue_delay_us=50_000))
+        batcher, _, _ = make(BatchingConfig(max_queue_delay_us=500_000))
         t0 = time.monotonic()
         await batcher.submit([("x", 3)])
         waited = time.monotonic() - t0
         await batcher.stop()
         return waited
 
-    waited = asyncio.run(main())
-    assert 0.045 <= waited < 0.5
+    assert asyncio.run(main()) < 0.25
+
+
+def test_while_a_worker_computes_items_wait_up_to_max_queue_delay_for_companions():
+    async def main():
+        runner = FakeRunner()
+        runner.gate.clear()
+        batcher, runner, _ = make(BatchingConfig(max_queue_delay_us=100_000, worker_pipeline_depth=2), runner)
+        busy = batcher.submit([("busy", 1)])
+        await asyncio.sleep(0.02)
+        t0 = time.monotonic()
+        first = batcher.submit([("a", 1)])
+        await asyncio.sleep(0.03)
+        second = batcher.submit([("b", 1)])  # joins "a": its batch waits for companions
+        await asyncio.sleep(0.2)
+        runner.gate.set()
+        await asyncio.gather(busy, first, second)
+        await batcher.stop()
+        return runner.batches
+
+    batches = asyncio.run(main())
+    assert ["a", "b"] in batches
 
 
 def test_full_batch_goes_without_waiting_for_the_delay():

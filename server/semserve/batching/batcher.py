@@ -140,7 +140,13 @@ class DynamicBatcher:
             await self._worker_freed.wait()
 
     async def _wait_until_ready(self) -> None:
-        """Wait until a full batch is queued or the oldest item has waited max_queue_delay."""
+        """Wait until a full batch is queued or the oldest item has waited max_queue_delay.
+
+        When no worker is computing anything, waiting would only add latency: the batch goes at
+        once. Under load workers are busy, so items accumulate while they compute.
+        """
+        if all(w.is_idle for w in self._workers):
+            return
         delay = self.config.max_queue_delay_us / 1e6
         while self._pending and not self._batch_is_full():
             remaining = self._pending[0].enqueued_at + delay - time.monotonic()

@@ -46,6 +46,11 @@ class DeviceWorker:
         return self._reserved < self._depth
 
     @property
+    def is_idle(self) -> bool:
+        """No batch computing or waiting here, apart from a slot just reserved for the next one."""
+        return self._reserved <= 1 and not self._compute_lock.locked()
+
+    @property
     def load(self) -> int:
         return self._reserved
 
