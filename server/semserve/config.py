@@ -58,6 +58,48 @@ class RequestLimits:
 
 
 @dataclass(frozen=True)
+class SearchConfig:
+    """Where and how the searcher keeps collections (see docs/architecture.md, "Search")."""
+
+    # Folder of the write-ahead logs and snapshots; None keeps collections in memory only
+    # (nothing survives a restart).
+    data_dir: Path | None = None
+    # "auto" (the model devices), "cpu", "cuda", or a list such as "cuda:0,cuda:1".
+    devices: str = "auto"
+    # Shards per device: several CPU shards spread scoring over cores; one per GPU is enough.
+    shards_per_device: int = 1
+    # Storage type of the embedding shards: "auto" is float16 on GPU and float32 on CPU.
+    dtype: str = "auto"
+    # Rows one scoring step covers for a large query batch; the score buffer is queries x rows.
+    chunk_rows: int = 65536
+    # Few queries may take bigger steps, up to this many scores per step (fewer kernel launches).
+    max_score_elements: int = 1 << 24
+    # Rows preallocated per shard when a collection is created; capacity doubles when full.
+    initial_capacity: int = 1024
+    # Log records after which a collection is snapshotted and its log restarted.
+    snapshot_every_records: int = 1000
+    # Fraction of deleted rows in a shard above which it is compacted in the background.
+    compaction_threshold: float = 0.25
+    # How often the background task looks for collections to snapshot or compact.
+    maintenance_interval_s: float = 1.0
+    # Threads for blocking search work: log fsyncs, scoring, snapshots, compaction.
+    threads: int = 4
+
+    def validate(self) -> None:
+        for name in ("shards_per_device", "chunk_rows", "initial_capacity", "snapshot_every_records", "threads"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"search {name} must be >= 1, got {getattr(self, name)}")
+        if self.max_score_elements < 0:
+            raise ConfigError("search max_score_elements must be >= 0")
+        if not 0.0 < self.compaction_threshold <= 1.0:
+            raise ConfigError(f"search compaction_threshold must be in (0, 1], got {self.compaction_threshold}")
+        if self.maintenance_interval_s <= 0:
+            raise ConfigError("search maintenance_interval_s must be > 0")
+        if self.dtype not in ("auto", "float32", "float16", "bfloat16"):
+            raise ConfigError(f"unknown search dtype {self.dtype!r}: use auto, float32, float16 or bfloat16")
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """A model folder to load at start, under the name requests will use."""
 
@@ -101,9 +143,11 @@ class ServerConfig:
     log_level: str = "INFO"
     # Enables AdminService (LoadModel/UnloadModel) for callers presenting it; None disables it.
     admin_token: str | None = None
+    search: SearchConfig = field(default_factory=SearchConfig)
 
     def validate(self) -> None:
         self.batching.validate()
+        self.search.validate()
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be in 0..65535, got {self.port}")
         if self.limits.max_texts_per_request > self.batching.max_queue_size:

@@ -18,7 +18,7 @@ METRIC_COSINE: Metric
 METRIC_DOT: Metric
 
 class CollectionInfo(_message.Message):
-    __slots__ = ("name", "model", "dimension", "metric", "count", "shards", "devices", "bytes", "dtype")
+    __slots__ = ("name", "model", "dimension", "metric", "count", "shards", "devices", "bytes", "dtype", "durable")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
@@ -28,6 +28,7 @@ class CollectionInfo(_message.Message):
     DEVICES_FIELD_NUMBER: _ClassVar[int]
     BYTES_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
+    DURABLE_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: str
     dimension: int
@@ -37,7 +38,8 @@ class CollectionInfo(_message.Message):
     devices: _containers.RepeatedScalarFieldContainer[str]
     bytes: int
     dtype: str
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., dimension: _Optional[int] = ..., metric: _Optional[_Union[Metric, str]] = ..., count: _Optional[int] = ..., shards: _Optional[int] = ..., devices: _Optional[_Iterable[str]] = ..., bytes: _Optional[int] = ..., dtype: _Optional[str] = ...) -> None: ...
+    durable: bool
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., dimension: _Optional[int] = ..., metric: _Optional[_Union[Metric, str]] = ..., count: _Optional[int] = ..., shards: _Optional[int] = ..., devices: _Optional[_Iterable[str]] = ..., bytes: _Optional[int] = ..., dtype: _Optional[str] = ..., durable: _Optional[bool] = ...) -> None: ...
 
 class CreateCollectionRequest(_message.Message):
     __slots__ = ("name", "model", "dimension", "metric")

@@ -1,0 +1,127 @@
+"""Exact top-k by chunked scoring: pure functions over tensors, no state.
+
+Each shard is scored in steps of ``chunk_rows`` rows, so the score buffer is bounded by
+queries x chunk_rows whatever the corpus size. A step is one matmul and one ``torch.topk`` on the
+shard's device; the running best list stays on the device too, so a GPU shard is searched without
+any host round trip until its final k candidates come back. Shards are then merged on the host.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+NEG_INF = float("-inf")
+
+
+@dataclass
+class ShardHits:
+    """Best candidates of one shard: scores and shard-local rows, both (queries, <=k), best first."""
+
+    scores: torch.Tensor
+    rows: torch.Tensor
+
+
+def step_rows(chunk_rows: int, num_queries: int, max_score_elements: int) -> int:
+    """Rows per scoring step: at least ``chunk_rows``; few queries may take a bigger step.
+
+    A single query over 65536 rows is only tens of microseconds of device time, so launching
+    kernels would dominate; letting the step grow until the score buffer reaches
+    ``max_score_elements`` keeps the device busy while the buffer stays bounded.
+    """
+    return max(chunk_rows, max_score_elements // max(num_queries, 1))
+
+
+def shard_topk(
+    matrix: torch.Tensor,
+    used_rows: int,
+    queries: torch.Tensor,
+    k: int,
+    chunk_rows: int,
+    mask: torch.Tensor | None = None,
+) -> ShardHits:
+    """Top-k of ``queries @ matrix[:used_rows].T`` for every query, scanning ``chunk_rows`` rows at a time.
+
+    ``queries`` must already be on the matrix's device and in its dtype; scores are float32.
+    ``mask`` (bool, at least ``used_rows`` long) marks the rows that may be returned; excluded
+    rows score -inf and are dropped by ``finalize``. Fewer than k candidates come back when
+    the shard is smaller than k.
+    """
+    num_queries = queries.shape[0]
+    device = matrix.device
+    best_scores = torch.empty((num_queries, 0), dtype=torch.float32, device=device)
+    best_rows = torch.empty((num_queries, 0), dtype=torch.long, device=device)
+    for start in range(0, used_rows, chunk_rows):
+        stop = min(start + chunk_rows, used_rows)
+        scores = torch.matmul(queries, matrix[start:stop].T).float()
+        if mask is not None:
+            scores.masked_fill_(~mask[start:stop], NEG_INF)
+        take = min(k, stop - start)
+        chunk_scores, chunk_rows_local = torch.topk(scores, take, dim=1, sorted=False)
+        chunk_rows_local += start
+        if best_scores.shape[1] == 0:
+            best_scores, best_rows = chunk_scores, chunk_rows_local
+            continue
+        merged_scores = torch.cat((best_scores, chunk_scores), dim=1)
+        merged_rows = torch.cat((best_rows, chunk_rows_local), dim=1)
+        keep = min(k, merged_scores.shape[1])
+        best_scores, picked = torch.topk(merged_scores, keep, dim=1, sorted=False)
+        best_rows = torch.gather(merged_rows, 1, picked)
+    return ShardHits(best_scores, best_rows)
+
+
+def merge_topk(
+    per_shard: list[tuple[torch.Tensor, torch.Tensor]], k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Merge shards' candidates (scores, global keys; both on the CPU) into one sorted top-k.
+
+    Returns (scores, keys), each (queries, <=k), best first; -inf entries (masked rows) remain
+    and are removed per query by ``finalize``.
+    """
+    scores = torch.cat([s for s, _ in per_shard], dim=1)
+    keys = torch.cat([g for _, g in per_shard], dim=1)
+    keep = min(k, scores.shape[1])
+    top_scores, picked = torch.topk(scores, keep, dim=1, sorted=True)
+    return top_scores, torch.gather(keys, 1, picked)
+
+
+def finalize(scores: torch.Tensor, keys: torch.Tensor) -> list[list[tuple[int, float]]]:
+    """Per query, (key, score) pairs best first, without the masked (-inf) entries."""
+    out = []
+    for row_scores, row_keys in zip(scores.tolist(), keys.tolist()):
+        out.append([(key, score) for key, score in zip(row_keys, row_scores) if score != NEG_INF])
+    return out
+
+
+def exact_topk(
+    shards: list[tuple[torch.Tensor, int, torch.Tensor | None]],
+    queries: torch.Tensor,
+    k: int,
+    chunk_rows: int,
+    max_score_elements: int = 0,
+) -> list[list[tuple[int, int, float]]]:
+    """Top-k over several shards ``(matrix, used_rows, mask)``: per query, (shard, row, score) best first.
+
+    ``queries`` is float32 on the CPU; each shard gets a copy on its device in its dtype. Shards
+    are scored one after the other; on GPUs the launches are asynchronous, so shards on different
+    devices overlap until their results are read back.
+    """
+    step = step_rows(chunk_rows, queries.shape[0], max_score_elements)
+    launched = []
+    for matrix, used_rows, mask in shards:
+        if used_rows == 0:
+            continue
+        q = queries.to(device=matrix.device, dtype=matrix.dtype, non_blocking=True)
+        launched.append(shard_topk(matrix, used_rows, q, k, step, mask))
+    if not launched:
+        return [[] for _ in range(queries.shape[0])]
+    per_shard = []
+    shard_index = [i for i, (_, used, _) in enumerate(shards) if used]
+    for index, hits in zip(shard_index, launched):
+        # Key = shard << 40 | row: one int64 carries both through the merge.
+        keys = hits.rows.cpu() | (index << 40)
+        per_shard.append((hits.scores.cpu(), keys))
+    scores, keys = merge_topk(per_shard, k)
+    row_mask = (1 << 40) - 1
+    return [[(key >> 40, key & row_mask, score) for key, score in hits] for hits in finalize(scores, keys)]
