@@ -171,13 +171,12 @@ def test_reflection_lists_the_services(client):
     assert {"semserve.v1.EncoderService", "semserve.v1.InfoService", "grpc.health.v1.Health"} <= names
 
 
-def test_pending_rpcs_answer_unimplemented_with_a_message(client):
+def test_search_service_is_served(client):
+    """SearchService is implemented now (tests/test_search_api.py covers it); it must answer."""
     from semserve_client.v1 import search_pb2
 
-    with pytest.raises(grpc.RpcError) as err:
-        client.search.ListCollections(search_pb2.ListCollectionsRequest(), timeout=10)
-    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "ListCollections" in err.value.details()
+    response = client.search.ListCollections(search_pb2.ListCollectionsRequest(), timeout=10)
+    assert isinstance(response, search_pb2.ListCollectionsResponse)
 
 
 def test_async_client(encoder_server):

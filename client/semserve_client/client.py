@@ -4,15 +4,16 @@ and return NumPy matrices; the raw responses (with timing) are there too."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from semserve_client import search_requests as sr
 from semserve_client.requests import decode_embeddings, embed_request, rerank_request
 from semserve_client.v1 import encoder_pb2, encoder_pb2_grpc, info_pb2, info_pb2_grpc
-from semserve_client.v1 import reranker_pb2, reranker_pb2_grpc, search_pb2_grpc
+from semserve_client.v1 import reranker_pb2, reranker_pb2_grpc, search_pb2, search_pb2_grpc
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 _CHANNEL_OPTIONS = [
@@ -83,6 +84,47 @@ class SemserveClient(_Stubs):
     def wait_ready(self, timeout: float = 60.0) -> None:
         grpc.channel_ready_future(self.channel).result(timeout=timeout)
 
+    # -- search ------------------------------------------------------------------------------
+
+    def create_collection(self, name: str, model: str = "", dimension: int = 0,
+                          metric: str = "cosine") -> search_pb2.CollectionInfo:
+        request = sr.create_request(name, model, dimension, metric)
+        return self.search.CreateCollection(request, timeout=self.timeout).collection
+
+    def drop_collection(self, name: str) -> None:
+        self.search.DropCollection(search_pb2.DropCollectionRequest(name=name), timeout=self.timeout)
+
+    def list_collections(self) -> list[search_pb2.CollectionInfo]:
+        return list(self.search.ListCollections(search_pb2.ListCollectionsRequest(), timeout=self.timeout).collections)
+
+    def get_collection(self, name: str) -> search_pb2.CollectionInfo:
+        return self.search.GetCollection(search_pb2.GetCollectionRequest(name=name), timeout=self.timeout).collection
+
+    def upsert(self, collection: str, ids: Sequence[str], texts: Sequence[str] | None = None,
+               embeddings=None, metadata=None) -> search_pb2.UpsertResponse:
+        """Insert or replace documents; returns once the server has made them durable."""
+        request = sr.upsert_request(collection, sr.documents(ids, texts, embeddings, metadata))
+        return self.search.Upsert(request, timeout=self.timeout)
+
+    def upsert_stream(self, requests: Iterable[search_pb2.UpsertRequest]) -> search_pb2.UpsertResponse:
+        """Bulk load: many UpsertRequest messages on one stream, one reply at the end."""
+        return self.search.UpsertStream(iter(requests), timeout=self.timeout)
+
+    def delete(self, collection: str, ids: Sequence[str]) -> int:
+        request = search_pb2.DeleteRequest(collection=collection, ids=list(ids))
+        return self.search.Delete(request, timeout=self.timeout).deleted
+
+    def get_documents(self, collection: str, ids: Sequence[str],
+                      include_embeddings: bool = False) -> search_pb2.GetDocumentsResponse:
+        request = search_pb2.GetDocumentsRequest(collection=collection, ids=list(ids),
+                                                 include_embeddings=include_embeddings)
+        return self.search.GetDocuments(request, timeout=self.timeout)
+
+    def search_collection(self, collection: str, queries, top_k: int = 10, **options) -> search_pb2.SearchResponse:
+        """``queries``: text(s) and/or vector(s). Options: filter, include_text, include_metadata,
+        rerank (bool), rerank_model, top_n. One SearchResult per query, in order."""
+        return self.search.Search(sr.search_request(collection, queries, top_k, **options), timeout=self.timeout)
+
 
 class AsyncSemserveClient(_Stubs):
     """asyncio client; create it inside a running event loop."""
@@ -123,3 +165,37 @@ class AsyncSemserveClient(_Stubs):
 
     async def info(self) -> info_pb2.GetInfoResponse:
         return await self.info_stub.GetInfo(info_pb2.GetInfoRequest(), timeout=self.timeout)
+
+    async def create_collection(self, name: str, model: str = "", dimension: int = 0,
+                                metric: str = "cosine") -> search_pb2.CollectionInfo:
+        request = sr.create_request(name, model, dimension, metric)
+        return (await self.search.CreateCollection(request, timeout=self.timeout)).collection
+
+    async def drop_collection(self, name: str) -> None:
+        await self.search.DropCollection(search_pb2.DropCollectionRequest(name=name), timeout=self.timeout)
+
+    async def list_collections(self) -> list[search_pb2.CollectionInfo]:
+        response = await self.search.ListCollections(search_pb2.ListCollectionsRequest(), timeout=self.timeout)
+        return list(response.collections)
+
+    async def get_collection(self, name: str) -> search_pb2.CollectionInfo:
+        return (await self.search.GetCollection(search_pb2.GetCollectionRequest(name=name), timeout=self.timeout)).collection
+
+    async def upsert(self, collection: str, ids: Sequence[str], texts: Sequence[str] | None = None,
+                     embeddings=None, metadata=None) -> search_pb2.UpsertResponse:
+        request = sr.upsert_request(collection, sr.documents(ids, texts, embeddings, metadata))
+        return await self.search.Upsert(request, timeout=self.timeout)
+
+    async def delete(self, collection: str, ids: Sequence[str]) -> int:
+        request = search_pb2.DeleteRequest(collection=collection, ids=list(ids))
+        return (await self.search.Delete(request, timeout=self.timeout)).deleted
+
+    async def get_documents(self, collection: str, ids: Sequence[str],
+                            include_embeddings: bool = False) -> search_pb2.GetDocumentsResponse:
+        request = search_pb2.GetDocumentsRequest(collection=collection, ids=list(ids),
+                                                 include_embeddings=include_embeddings)
+        return await self.search.GetDocuments(request, timeout=self.timeout)
+
+    async def search_collection(self, collection: str, queries, top_k: int = 10,
+                                **options) -> search_pb2.SearchResponse:
+        return await self.search.Search(sr.search_request(collection, queries, top_k, **options), timeout=self.timeout)

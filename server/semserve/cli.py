@@ -10,7 +10,9 @@ import os
 import sys
 from typing import Sequence
 
-from semserve.config import BatchingConfig, ConfigError, ModelSpec, RequestLimits, ServerConfig
+from pathlib import Path
+
+from semserve.config import BatchingConfig, ConfigError, ModelSpec, RequestLimits, SearchConfig, ServerConfig
 
 
 def _env(name: str, default):
@@ -65,7 +67,33 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--log-level", default=_env("log_level", "INFO"))
     s.add_argument("--admin-token", default=_env("admin_token", None),
                    help="enables LoadModel/UnloadModel for calls with 'authorization: Bearer TOKEN' (SEMSERVE_ADMIN_TOKEN)")
+    add_search_arguments(s)
     return parser
+
+
+def add_search_arguments(s: argparse.ArgumentParser) -> None:
+    sc = SearchConfig()
+    s.add_argument("--data-dir", default=_env("data_dir", None),
+                   help="folder for search collections (write-ahead logs, snapshots); without it collections "
+                   "live in memory only and are lost on restart (SEMSERVE_DATA_DIR)")
+    s.add_argument("--search-devices", default=_env("search_devices", sc.devices),
+                   help="devices of the search shards: auto (the model devices), cpu, cuda, or cuda:0,cuda:1")
+    s.add_argument("--search-shards-per-device", type=int, default=_env("search_shards_per_device", sc.shards_per_device),
+                   help="shards of each collection on every search device")
+    s.add_argument("--search-dtype", default=_env("search_dtype", sc.dtype),
+                   help="storage of the shards: auto (float16 on GPU, float32 on CPU), float32, float16, bfloat16")
+    s.add_argument("--search-chunk-rows", type=int, default=_env("search_chunk_rows", sc.chunk_rows),
+                   help="rows scored per step for large query batches (bounds the score buffer)")
+
+
+def search_config_from_args(args: argparse.Namespace) -> SearchConfig:
+    return SearchConfig(
+        data_dir=Path(args.data_dir).expanduser() if args.data_dir else None,
+        devices=args.search_devices,
+        shards_per_device=args.search_shards_per_device,
+        dtype=args.search_dtype,
+        chunk_rows=args.search_chunk_rows,
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
@@ -105,6 +133,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         tokenizer_threads=args.tokenizer_threads,
         log_level=args.log_level,
         admin_token=args.admin_token or None,
+        search=search_config_from_args(args),
     )
 
 

@@ -21,8 +21,9 @@ from semserve.runtime.devices import resolve_devices
 from semserve.service.encoder_service import EncoderServicer
 from semserve.service.info_service import InfoServicer
 from semserve.service.admin_service import AdminServicer
-from semserve.service.pending import PendingSearchServicer
 from semserve.service.reranker_service import RerankerServicer
+from semserve.service.search_service import SearchServicer
+from semserve.search.store import CollectionStore
 from semserve_client.v1 import encoder_pb2, encoder_pb2_grpc, info_pb2, info_pb2_grpc, reranker_pb2
 from semserve_client.v1 import reranker_pb2_grpc, search_pb2, search_pb2_grpc
 
@@ -47,6 +48,8 @@ class SemserveServer:
         self.devices = resolve_devices(config.device)
         self.tokenize_pool = ThreadPoolExecutor(config.tokenizer_threads, thread_name_prefix="tokenize")
         self.health = health.aio.HealthServicer()
+        self.store = CollectionStore(config.search, self.devices)
+        self.search: SearchServicer | None = None
         self.port: int | None = None
         self._grpc: grpc.aio.Server | None = None
 
@@ -61,6 +64,14 @@ class SemserveServer:
         for model in self.registry:
             model.batcher.start()
         limits = self.config.limits
+        # Collections are recovered (snapshot + log replay) before the port opens.
+        await asyncio.get_running_loop().run_in_executor(None, self.store.open)
+        self.search = SearchServicer(
+            self.store, self.registry, limits,
+            EncoderServicer(self.registry, limits, self.tokenize_pool),
+            RerankerServicer(self.registry, limits, self.tokenize_pool),
+        )
+        self.search.start_maintenance()
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", limits.max_receive_message_bytes),
@@ -75,7 +86,7 @@ class SemserveServer:
         reranker_pb2_grpc.add_RerankerServiceServicer_to_server(
             RerankerServicer(self.registry, limits, self.tokenize_pool), server
         )
-        search_pb2_grpc.add_SearchServiceServicer_to_server(PendingSearchServicer(), server)
+        search_pb2_grpc.add_SearchServiceServicer_to_server(self.search, server)
         info_pb2_grpc.add_InfoServiceServicer_to_server(InfoServicer(self.registry, self.config), server)
         info_pb2_grpc.add_AdminServiceServicer_to_server(
             AdminServicer(self.registry, self.config, self.devices, self.config.admin_token), server
@@ -102,6 +113,8 @@ class SemserveServer:
         await self.health.enter_graceful_shutdown()
         if self._grpc is not None:
             await self._grpc.stop(grace)
+        if self.search is not None:  # snapshot and close the logs once no call can write
+            await self.search.stop()
         await self.registry.stop_all()
         self.tokenize_pool.shutdown(wait=False, cancel_futures=True)
 
