@@ -71,12 +71,12 @@ def test_concurrent_submissions_coalesce_into_few_batches():
     async def main():
         batcher, runner, stats = make(BatchingConfig(max_queue_delay_us=20_000))
         futures = [batcher.submit([(n, 5)]) for n in range(64)]
-        results = [r[0] for r in await asyncio.gather(*futures)]
+        results = [g.values[0] for g in await asyncio.gather(*futures)]
         await batcher.stop()
         return results, runner, stats
 
     results, runner, stats = asyncio.run(main())
-    assert [r.value for r in results] == [("out", n) for n in range(64)]
+    assert results == [("out", n) for n in range(64)]
     assert stats.batches == len(runner.batches) <= 2
     assert stats.items == 64
 
@@ -224,8 +224,8 @@ def test_a_failing_batch_fails_its_items_and_the_batcher_goes_on():
         bad = batcher.submit([("boom", 1)])
         with pytest.raises(RuntimeError, match="device error"):
             await bad
-        good = (await batcher.submit([("fine", 1)]))[0]
+        good = (await batcher.submit([("fine", 1)])).values[0]
         await batcher.stop()
         return good
 
-    assert asyncio.run(main()).value == ("out", "fine")
+    assert asyncio.run(main()) == ("out", "fine")

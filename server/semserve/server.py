@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -125,10 +124,6 @@ class SemserveServer:
 
 async def serve_until_signalled(config: ServerConfig) -> None:
     """Run until SIGTERM or SIGINT, then stop gracefully."""
-    # The event loop shares the GIL with the tokenizer, prepare and compute threads. With the
-    # default 5 ms switch interval, each time the loop gives the GIL up (a native call) it can
-    # wait that long to get it back; 0.5 ms keeps request handling responsive.
-    sys.setswitchinterval(0.0005)
     server = SemserveServer(config)
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, server.load_models)

@@ -134,9 +134,14 @@ def start_server(args: argparse.Namespace, models: dict[str, Path], reranker: Pa
     raise RuntimeError("server did not start")
 
 
-def model_tokens(address: str, name: str) -> tuple[int, int]:
+def model_stats(address: str, name: str):
+    """The server's own counters for a model (batches, items, tokens, padded tokens)."""
     with SemserveClient(address) as c:
-        stats = next(m for m in c.info().models if m.name == name).stats
+        return next(m for m in c.info().models if m.name == name).stats
+
+
+def model_tokens(address: str, name: str) -> tuple[int, int]:
+    stats = model_stats(address, name)
     return stats.items, stats.tokens
 
 
@@ -155,7 +160,15 @@ def load(address: str, args, profile_as: str = "", server_pid: int = 0, **kw) ->
              f"--output {args.profile_dir / (profile_as + '.txt')}"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
+    before = model_stats(address, spec.model)
     result = run_load(spec, processes=processes)
+    after = model_stats(address, spec.model)
+    batches = max(1, after.batches - before.batches)
+    result.update(
+        server_batches=after.batches - before.batches,
+        mean_batch_items=round((after.items - before.items) / batches, 1),
+        padding_overhead=round((after.padded_tokens - before.padded_tokens) / max(1, after.tokens - before.tokens), 3),
+    )
     if profiler is not None:
         profiler.wait(60)
     log("  ", json.dumps(result))

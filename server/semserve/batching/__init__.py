@@ -2,6 +2,6 @@
 under a token budget, and a loop that hands them to device workers."""
 
 from semserve.batching.batcher import DynamicBatcher
-from semserve.batching.items import BatchInfo, DeadlineExpired, ItemResult, QueueFull, RequestGroup, WorkItem
+from semserve.batching.items import BatchInfo, DeadlineExpired, QueueFull, RequestGroup, WorkItem
 
-__all__ = ["BatchInfo", "DeadlineExpired", "DynamicBatcher", "ItemResult", "QueueFull", "RequestGroup", "WorkItem"]
+__all__ = ["BatchInfo", "DeadlineExpired", "DynamicBatcher", "QueueFull", "RequestGroup", "WorkItem"]

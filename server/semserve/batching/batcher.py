@@ -49,7 +49,7 @@ class DynamicBatcher:
     def submit(self, payloads: Sequence[tuple[Any, int]], deadline: float | None = None) -> asyncio.Future:
         """Queue (payload, tokens) pairs all-or-nothing; raise QueueFull past either bound.
 
-        The returned future resolves to one ItemResult per payload, in order.
+        The returned future resolves to the RequestGroup: one output per payload, in order.
         """
         count = len(payloads)
         tokens = sum(t for _, t in payloads)

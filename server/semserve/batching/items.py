@@ -28,35 +28,34 @@ class BatchInfo:
     inference_time_s: float
 
 
-@dataclass(frozen=True)
-class ItemResult:
-    value: Any
-    batch: BatchInfo
-    queue_time_s: float
-
-
 class RequestGroup:
     """The items of one request, resolved together through one future.
 
     One future per request rather than per text keeps the event loop's work per request
-    constant: a 32-text request costs one future, not 32 plus a gather.
+    constant: a 32-text request costs one future, not 32 plus a gather. The future's result
+    is the group itself: the outputs in input order, and the batches that computed them.
     """
 
-    __slots__ = ("future", "results", "remaining", "deadline")
+    __slots__ = ("future", "values", "batches", "queue_time_s", "remaining", "deadline")
 
     def __init__(self, future: asyncio.Future, count: int, deadline: float | None):
         self.future = future
-        self.results: list[ItemResult | None] = [None] * count
+        self.values: list[Any] = [None] * count
+        self.batches: dict[int, BatchInfo] = {}
+        self.queue_time_s = 0.0
         self.remaining = count
         self.deadline = deadline
 
-    def resolve(self, index: int, result: ItemResult) -> None:
+    def resolve(self, index: int, value: Any, batch: BatchInfo, queue_time_s: float) -> None:
         if self.future.done():
             return
-        self.results[index] = result
+        self.values[index] = value
+        self.batches[batch.batch_id] = batch
+        if queue_time_s > self.queue_time_s:
+            self.queue_time_s = queue_time_s
         self.remaining -= 1
         if self.remaining == 0:
-            self.future.set_result(self.results)
+            self.future.set_result(self)
 
     def fail(self, exc: BaseException) -> None:
         if not self.future.done():

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -42,13 +43,17 @@ def pad_batch(payloads: Sequence[Encoded], pad_id: int, device: torch.device) ->
     width = max(p.length for p in payloads)
     if device.type == "cuda":
         width = -(-width // PAD_MULTIPLE) * PAD_MULTIPLE
+    lengths = np.fromiter((p.length for p in payloads), dtype=np.int64, count=n)
+    filled = np.arange(width) < lengths[:, None]
+    total = int(lengths.sum())
     ids = np.full((n, width), pad_id, dtype=np.int64)
+    ids[filled] = np.fromiter(itertools.chain.from_iterable(p.ids for p in payloads), dtype=np.int64, count=total)
     types = np.zeros((n, width), dtype=np.int64)
-    mask = np.zeros((n, width), dtype=np.int64)
-    for row, p in enumerate(payloads):
-        ids[row, : p.length] = p.ids
-        types[row, : p.length] = p.type_ids
-        mask[row, : p.length] = 1
+    if payloads[0].type_ids is not None:
+        types[filled] = np.fromiter(
+            itertools.chain.from_iterable(p.type_ids for p in payloads), dtype=np.int64, count=total
+        )
+    mask = filled.astype(np.int64)
     # One host-to-device copy for the three arrays. Pinning each batch's fresh host buffer
     # would cost more (a page-locking allocation) than the copy of a few hundred kilobytes.
     stacked = torch.from_numpy(np.stack((ids, mask, types)))

@@ -23,7 +23,7 @@ class Encoded:
 
     __slots__ = ("ids", "type_ids", "truncated", "length")
 
-    def __init__(self, ids: list[int], type_ids: list[int], truncated: bool):
+    def __init__(self, ids: list[int], type_ids: list[int] | None, truncated: bool):
         self.ids = ids
         self.type_ids = type_ids
         self.truncated = truncated
@@ -64,7 +64,10 @@ class TextTokenizer:
             encodings = [backend.encode(*single) if isinstance(single, tuple) else backend.encode(single)]
         else:
             encodings = backend.encode_batch(prepared)
-        return [Encoded(ids=e.ids, type_ids=e.type_ids, truncated=bool(e.overflowing)) for e in encodings]
+        if isinstance(prepared[0], tuple):
+            return [Encoded(e.ids, e.type_ids, bool(e.overflowing)) for e in encodings]
+        # A single segment's type ids are all zero: the runner fills them without copying.
+        return [Encoded(e.ids, None, bool(e.overflowing)) for e in encodings]
 
     def describe(self, inputs: Sequence[TextInput], truncate: bool) -> list[tuple[Encoding, int]]:
         """Full encodings (pieces, offsets, special mask) and each input's untruncated length."""

@@ -13,7 +13,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Protocol, Sequence
 
-from semserve.batching.items import BatchInfo, ItemResult, WorkItem
+from semserve.batching.items import BatchInfo, WorkItem
 from semserve.stats import ModelStats
 
 
@@ -100,7 +100,7 @@ class DeviceWorker:
             )
             self.stats.record_batch(info.size, info.real_tokens, info.padded_tokens, elapsed)
             for item, out in zip(live, outputs):
-                item.group.resolve(item.index, ItemResult(value=out, batch=info, queue_time_s=started - item.enqueued_at))
+                item.group.resolve(item.index, out, info, started - item.enqueued_at)
         except Exception as exc:  # a failed batch fails its requests, never the worker
             for item in live:
                 item.group.fail(exc)

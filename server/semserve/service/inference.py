@@ -70,10 +70,10 @@ async def _run(model, inputs, truncate, deadline, tokenize_pool, what) -> Infere
             )
     future = model.batcher.submit([(e, e.length) for e in encoded], deadline)
     try:
-        results = await future
+        group = await future
     finally:
         if not future.done():  # the call was cancelled: its queued items are dropped
             future.cancel()
     timing.compute_tokens = sum(e.length for e in encoded)
-    timing.add_results(results)
-    return InferenceOutcome(values=[r.value for r in results], encoded=encoded, timing=timing)
+    timing.add_group(group)
+    return InferenceOutcome(values=group.values, encoded=encoded, timing=timing)

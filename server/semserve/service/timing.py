@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
-
-from semserve.batching import ItemResult
+from semserve.batching import RequestGroup
 from semserve_client.v1 import common_pb2
 
 
@@ -18,15 +16,12 @@ class TimingParts:
     padded_tokens: int = 0
     batches: int = 0
 
-    def add_results(self, results: Iterable[ItemResult]) -> None:
-        seen: dict[int, object] = {}
-        for r in results:
-            self.queue_s = max(self.queue_s, r.queue_time_s)
-            seen.setdefault(r.batch.batch_id, r.batch)
-        for batch in seen.values():
-            self.inference_s += batch.inference_time_s  # type: ignore[attr-defined]
-            self.padded_tokens += batch.padded_tokens  # type: ignore[attr-defined]
-        self.batches += len(seen)
+    def add_group(self, group: RequestGroup) -> None:
+        self.queue_s = max(self.queue_s, group.queue_time_s)
+        for batch in group.batches.values():
+            self.inference_s += batch.inference_time_s
+            self.padded_tokens += batch.padded_tokens
+        self.batches += len(group.batches)
 
     def merge(self, other: "TimingParts") -> None:
         self.queue_s = max(self.queue_s, other.queue_s)
