@@ -55,6 +55,58 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--window", type=int, default=8, help="requests in flight per stream")
     b.add_argument("--model", default="")
 
+    c = sub.add_parser("collections", help="create, list, inspect or drop search collections")
+    csub = c.add_subparsers(dest="action", required=True)
+    cc = csub.add_parser("create", help="create a collection")
+    cc.add_argument("name")
+    cc.add_argument("--model", default="", help="encoder for text (default: the server's default encoder)")
+    cc.add_argument("--dimension", type=int, default=0, help="0 takes the model's")
+    cc.add_argument("--metric", choices=["cosine", "dot"], default="cosine")
+    csub.add_parser("list", help="every collection with its size")
+    for action in ("info", "drop"):
+        ca = csub.add_parser(action, help=f"{action} one collection")
+        ca.add_argument("name")
+
+    u = sub.add_parser("upsert", help="insert or replace one document (text encoded by the server)")
+    u.add_argument("id")
+    u.add_argument("text")
+    u.add_argument("--collection", required=True)
+    u.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE", help="metadata, repeatable")
+
+    d = sub.add_parser("delete", help="delete documents by id")
+    d.add_argument("ids", nargs="+")
+    d.add_argument("--collection", required=True)
+
+    g = sub.add_parser("get", help="documents by id")
+    g.add_argument("ids", nargs="+")
+    g.add_argument("--collection", required=True)
+    g.add_argument("--embeddings", action="store_true")
+
+    q = sub.add_parser("search", help="top-k documents for each QUERY, optionally reranked by the cross-encoder")
+    q.add_argument("queries", nargs="+", metavar="QUERY")
+    q.add_argument("--collection", required=True)
+    q.add_argument("--top-k", type=int, default=10)
+    q.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE", help="metadata equality, repeatable")
+    q.add_argument("--rerank", action="store_true", help="rerank the top-k candidates with the cross-encoder")
+    q.add_argument("--rerank-model", default="")
+    q.add_argument("--top-n", type=int, default=0, help="results kept after reranking (0: all candidates)")
+    q.add_argument("--no-text", action="store_true", help="leave the documents' text out")
+
+    x = sub.add_parser("index", help="load a CSV, TSV or JSON Lines file into a collection (resumable)")
+    x.add_argument("file")
+    x.add_argument("--collection", required=True)
+    x.add_argument("--text-column", required=True)
+    x.add_argument("--id-column", default=None, help="default: the row number")
+    x.add_argument("--metadata-columns", default="", help="comma-separated columns kept as metadata")
+    x.add_argument("--format", choices=["csv", "tsv", "jsonl"], default=None, help="default: from the extension")
+    x.add_argument("--batch-size", type=int, default=256)
+    x.add_argument("--in-flight", type=int, default=4, help="batches awaiting acknowledgement at once")
+    x.add_argument("--max-rows", type=int, default=None, help="stop after this many rows (a rerun resumes)")
+    x.add_argument("--resume-file", default=None, help="default: FILE.semserve-progress.json")
+    x.add_argument("--restart", action="store_true", help="ignore earlier progress and start at the first row")
+    x.add_argument("--create", action="store_true", help="create the collection first if it does not exist")
+    x.add_argument("--no-progress", action="store_true", help="no progress bar")
+
     sub.add_parser("info", help="models and limits")
     sub.add_parser("health", help="overall health status")
     return parser
@@ -82,10 +134,65 @@ def run(args: argparse.Namespace, client: SemserveClient) -> object:
                         request_size=args.request_size, duration_s=args.duration, warmup_s=args.warmup,
                         model=args.model, window=args.window)
         return run_load(spec, processes=args.processes)
+    if args.command in ("collections", "upsert", "delete", "get", "search", "index"):
+        return run_search(args, client)
     if args.command == "info":
         return MessageToDict(client.info(), preserving_proto_field_name=True)
     if args.command == "health":
         return {"status": client.health_status()}
+    raise AssertionError(args.command)
+
+
+def _pairs(values: list[str]) -> dict[str, str]:
+    out = {}
+    for value in values:
+        key, sep, val = value.partition("=")
+        if not sep:
+            raise SystemExit(f"semserve-client: expected KEY=VALUE, got {value!r}")
+        out[key] = val
+    return out
+
+
+def run_search(args: argparse.Namespace, client: SemserveClient) -> object:
+    as_dict = lambda m: MessageToDict(m, preserving_proto_field_name=True)  # noqa: E731
+    if args.command == "collections":
+        if args.action == "create":
+            return as_dict(client.create_collection(args.name, args.model, args.dimension, args.metric))
+        if args.action == "list":
+            return {"collections": [as_dict(c) for c in client.list_collections()]}
+        if args.action == "info":
+            return as_dict(client.get_collection(args.name))
+        client.drop_collection(args.name)
+        return {"dropped": args.name}
+    if args.command == "upsert":
+        response = client.upsert(args.collection, [args.id], [args.text], metadata=[_pairs(args.meta)])
+        return as_dict(response)
+    if args.command == "delete":
+        return {"deleted": client.delete(args.collection, args.ids)}
+    if args.command == "get":
+        return as_dict(client.get_documents(args.collection, args.ids, args.embeddings))
+    if args.command == "search":
+        response = client.search_collection(
+            args.collection, args.queries, args.top_k, filter=_pairs(args.filter), include_text=not args.no_text,
+            include_metadata=True, rerank=args.rerank, rerank_model=args.rerank_model, top_n=args.top_n,
+        )
+        return as_dict(response)
+    if args.command == "index":
+        from pathlib import Path
+
+        from semserve_client.indexing import IndexSpec, index_file
+
+        if args.create and args.collection not in {c.name for c in client.list_collections()}:
+            client.create_collection(args.collection)
+        spec = IndexSpec(
+            path=Path(args.file), collection=args.collection, text_column=args.text_column,
+            id_column=args.id_column,
+            metadata_columns=tuple(c for c in args.metadata_columns.split(",") if c),
+            format=args.format, batch_size=args.batch_size, in_flight=args.in_flight, max_rows=args.max_rows,
+            resume_file=Path(args.resume_file) if args.resume_file else None, restart=args.restart,
+            progress_bar=not args.no_progress,
+        )
+        return index_file(client, spec)
     raise AssertionError(args.command)
 
 
