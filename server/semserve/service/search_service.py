@@ -122,23 +122,38 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             )
         if request.metric not in _METRICS:
             raise invalid_argument(f"unknown metric {request.metric}; use METRIC_COSINE or METRIC_DOT")
-        model_name, dimension = request.model, request.dimension
-        try:
-            model = self._registry.get(request.model, ENCODER)
-            model_name = model.name
-            if dimension and dimension != model.dimension:
-                raise invalid_argument(
-                    f"dimension {dimension} does not match model {model.name!r}'s {model.dimension}; send 0 to take the model's"
-                )
-            dimension = model.dimension
-        except NoModelOfKind:
-            if not dimension:
-                raise invalid_argument("this server hosts no encoder: give the dimension (a collection of vectors only)") from None
+        model_name, dimension = self._collection_model(request.model, request.dimension)
         try:
             collection = await self._blocking(self._store.create, request.name, model_name, dimension, _METRICS[request.metric])
         except CollectionExists as exc:
             raise _store_errors(exc) from None
         return search_pb2.CreateCollectionResponse(collection=self._info(collection))
+
+    def _collection_model(self, name: str, dimension: int) -> tuple[str, int]:
+        """The encoder and dimension of a new collection.
+
+        A named model must match the dimension (0 takes the model's). Without a name, the default
+        encoder is used when the dimension fits it; a dimension it does not have (or a server
+        without encoders) makes a collection of vectors only, whose documents and queries must
+        come with embeddings.
+        """
+        if name:
+            model = self._registry.get(name, ENCODER)
+            if dimension and dimension != model.dimension:
+                raise invalid_argument(
+                    f"dimension {dimension} does not match model {model.name!r}'s {model.dimension}; "
+                    "send 0 to take the model's"
+                )
+            return model.name, model.dimension
+        try:
+            model = self._registry.get("", ENCODER)
+        except NoModelOfKind:
+            if not dimension:
+                raise invalid_argument("this server hosts no encoder: give the dimension (a collection of vectors only)") from None
+            return "", dimension
+        if dimension and dimension != model.dimension:
+            return "", dimension
+        return model.name, model.dimension
 
     @unary_rpc
     async def DropCollection(self, request, context):
