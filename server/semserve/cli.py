@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--admin-token", default=_env("admin_token", None),
                    help="enables LoadModel/UnloadModel for calls with 'authorization: Bearer TOKEN' (SEMSERVE_ADMIN_TOKEN)")
     add_search_arguments(s)
+    from semserve.training.cli import add_subcommands as add_training_subcommands
+
+    add_training_subcommands(sub)
     return parser
 
 
@@ -163,6 +166,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"semserve: {exc}", file=sys.stderr)
             return 2
         return 0
+    if args.command in ("finetune", "evaluate-pairs"):
+        from semserve.training.cli import run as run_training
+
+        return run_training(args)
     return 2
 
 
