@@ -59,9 +59,9 @@ def test_split_sorted_respects_budget_and_minimises_padding():
 
 def test_split_sorted_cuts_big_batches_where_padding_would_grow():
     lengths = [10] * 40 + [30] * 40  # 1,600 real tokens; one batch would pad 80 x 30 = 2,400
-    batches = split_sorted([item(t) for t in lengths], max_batch_tokens=4000, max_batch_size=512)
+    batches = split_sorted([item(t) for t in lengths], max_batch_tokens=3200, max_batch_size=512)
     assert [[i.tokens for i in b] for b in batches] == [[10] * 40, [30] * 40]
-    small = split_sorted([item(t) for t in [2, 30]], max_batch_tokens=4000, max_batch_size=512)
+    small = split_sorted([item(t) for t in [2, 30]], max_batch_tokens=3200, max_batch_size=512)
     assert len(small) == 1  # too small to be worth a second forward pass
 
 
