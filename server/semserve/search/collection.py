@@ -33,6 +33,10 @@ DOT = "dot"
 SPEC_FILE = "collection.json"
 
 
+class CollectionNotFound(LookupError):
+    """No collection of that name (or it was dropped while the call ran); NOT_FOUND."""
+
+
 @dataclass(frozen=True)
 class CollectionSpec:
     name: str
@@ -182,7 +186,7 @@ class Collection:
 
     def _log(self, payload: bytes) -> Ticket:
         if self.dropped:
-            raise LookupError(f"collection {self.spec.name!r} was dropped")
+            raise CollectionNotFound(f"collection {self.spec.name!r} was dropped")
         if self.wal is None:
             return Ticket()
         seq = self.wal.append(payload)

@@ -18,16 +18,12 @@ import torch
 
 from semserve.config import ConfigError, SearchConfig
 from semserve.runtime.devices import resolve_devices, resolve_dtype
-from semserve.search.collection import SPEC_FILE, Collection, CollectionSpec, Layout
+from semserve.search.collection import SPEC_FILE, Collection, CollectionNotFound, CollectionSpec, Layout
 from semserve.search.wal import fsync_dir
 
 log = logging.getLogger(__name__)
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-
-
-class CollectionNotFound(LookupError):
-    pass
 
 
 class CollectionExists(ValueError):

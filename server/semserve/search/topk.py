@@ -43,18 +43,22 @@ def shard_topk(
 ) -> ShardHits:
     """Top-k of ``queries @ matrix[:used_rows].T`` for every query, scanning ``chunk_rows`` rows at a time.
 
-    ``queries`` must already be on the matrix's device and in its dtype; scores are float32.
+    ``queries`` must already be on the matrix's device and in its dtype; the returned scores are
+    float32 (rounded to the storage dtype first when that is narrower: fp16 shards give fp16-exact
+    scores).
     ``mask`` (bool, at least ``used_rows`` long) marks the rows that may be returned; excluded
     rows score -inf and are dropped by ``finalize``. Fewer than k candidates come back when
     the shard is smaller than k.
     """
     num_queries = queries.shape[0]
     device = matrix.device
-    best_scores = torch.empty((num_queries, 0), dtype=torch.float32, device=device)
+    # Scores stay in the matmul's output dtype through the selection (an fp16 buffer is half
+    # the traffic of an fp32 one); only the k survivors are widened to float32.
+    best_scores = torch.empty((num_queries, 0), dtype=matrix.dtype, device=device)
     best_rows = torch.empty((num_queries, 0), dtype=torch.long, device=device)
     for start in range(0, used_rows, chunk_rows):
         stop = min(start + chunk_rows, used_rows)
-        scores = torch.matmul(queries, matrix[start:stop].T).float()
+        scores = torch.matmul(queries, matrix[start:stop].T)
         if mask is not None:
             scores.masked_fill_(~mask[start:stop], NEG_INF)
         take = min(k, stop - start)
@@ -68,7 +72,7 @@ def shard_topk(
         keep = min(k, merged_scores.shape[1])
         best_scores, picked = torch.topk(merged_scores, keep, dim=1, sorted=False)
         best_rows = torch.gather(merged_rows, 1, picked)
-    return ShardHits(best_scores, best_rows)
+    return ShardHits(best_scores.float(), best_rows)
 
 
 def merge_topk(

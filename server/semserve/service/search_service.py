@@ -93,7 +93,10 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         self._pool.shutdown(wait=False)
 
     async def _blocking(self, fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        except (CollectionNotFound, CollectionExists) as exc:  # e.g. dropped while this call ran
+            raise _store_errors(exc) from None
 
     def _collection(self, name: str) -> Collection:
         if not name:
