@@ -171,3 +171,20 @@ def test_filter_and_capacity_doubling():
         assert {int(d) for d, _ in q} <= {31, 33, 35, 37, 39} and len(q) == 5
     assert c.search(vectors[:1], 5, {"parity": "nope"}) == [[]]
     assert c.search(vectors[:1], 1, {})[0][0][0] == "0"
+
+
+@pytest.mark.parametrize("n", [256, 1000, 64 * 40, 64 * 40 + 13, 5000])
+@pytest.mark.parametrize("k", [1, 5, 10])
+def test_two_level_chunk_selection_is_exact(n, k):
+    from semserve.search.topk import chunk_topk
+
+    rng = np.random.default_rng(n * 10 + k)
+    scores = rng.standard_normal((3, n)).astype(np.float32)
+    scores[1, rng.random(n) < 0.5] = -np.inf  # masked rows
+    scores[2, :] = np.round(scores[2], 1)  # many ties
+    values, columns = chunk_topk(torch.from_numpy(scores), k)
+    for q in range(3):
+        want = np.sort(scores[q])[::-1][:k]
+        np.testing.assert_array_equal(np.sort(values[q].numpy())[::-1], want)
+        assert np.array_equal(scores[q, columns[q].numpy()], values[q].numpy())
+        assert len(set(columns[q].tolist())) == k

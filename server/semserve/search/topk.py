@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 
 NEG_INF = float("-inf")
+# Scores per block in the two-level selection of ``chunk_topk``.
+BLOCK = 64
 
 
 @dataclass
@@ -31,6 +33,34 @@ def step_rows(chunk_rows: int, num_queries: int, max_score_elements: int) -> int
     ``max_score_elements`` keeps the device busy while the buffer stays bounded.
     """
     return max(chunk_rows, max_score_elements // max(num_queries, 1))
+
+
+def chunk_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact top-k of each row of a contiguous (queries, n) score buffer: (values, columns), unsorted.
+
+    ``torch.topk`` over long rows makes several radix passes over the whole buffer. Instead,
+    take the maximum of every block of BLOCK scores (one pass), keep the k blocks with the
+    largest maxima, and select among their k x BLOCK scores. This is exact: a score outside
+    those blocks has k block maxima at least as large above it, so it cannot be in the top k
+    (ties aside).
+    """
+    num_queries, n = scores.shape
+    blocks = n // BLOCK
+    if blocks < 4 * k:
+        return torch.topk(scores, min(k, n), dim=1, sorted=False)
+    head = blocks * BLOCK
+    grid = scores[:, :head].view(num_queries, blocks, BLOCK)
+    _, top_blocks = torch.topk(grid.amax(dim=2), k, dim=1, sorted=False)
+    offsets = torch.arange(BLOCK, device=scores.device)
+    candidates = torch.gather(grid, 1, top_blocks.unsqueeze(2).expand(num_queries, k, BLOCK))
+    candidates = candidates.reshape(num_queries, k * BLOCK)
+    columns = (top_blocks.unsqueeze(2) * BLOCK + offsets).reshape(num_queries, k * BLOCK)
+    if head < n:  # the ragged tail joins the candidates as is
+        candidates = torch.cat((candidates, scores[:, head:]), dim=1)
+        tail = torch.arange(head, n, device=scores.device).expand(num_queries, n - head)
+        columns = torch.cat((columns, tail), dim=1)
+    values, picked = torch.topk(candidates, k, dim=1, sorted=False)
+    return values, torch.gather(columns, 1, picked)
 
 
 def shard_topk(
@@ -61,8 +91,7 @@ def shard_topk(
         scores = torch.matmul(queries, matrix[start:stop].T)
         if mask is not None:
             scores.masked_fill_(~mask[start:stop], NEG_INF)
-        take = min(k, stop - start)
-        chunk_scores, chunk_rows_local = torch.topk(scores, take, dim=1, sorted=False)
+        chunk_scores, chunk_rows_local = chunk_topk(scores, k)
         chunk_rows_local += start
         if best_scores.shape[1] == 0:
             best_scores, best_rows = chunk_scores, chunk_rows_local
