@@ -14,7 +14,7 @@ from typing import Any
 from semserve.batching import DynamicBatcher
 from semserve.config import BatchingConfig, ModelSpec
 from semserve.runtime.devices import dtype_name, resolve_dtype
-from semserve.runtime.runners import CrossEncoderRunner, EncoderRunner
+from semserve.runtime.runners import ModelRunner
 from semserve.runtime.tokenization import TextTokenizer
 from semserve.runtime.worker import DeviceWorker
 from semserve.stats import ModelStats
@@ -105,8 +105,7 @@ def load_model(spec: ModelSpec, devices: list[str], dtype_spec: str, batching: B
     first = replicas[0]
     tokenizer = TextTokenizer(first.tokenizer, first.max_tokens, getattr(first, "lowercase", False))
     for model in replicas:
-        runner_cls = EncoderRunner if spec.kind == ENCODER else CrossEncoderRunner
-        workers.append(DeviceWorker(runner_cls(model, tokenizer.pad_id), stats, batching.worker_pipeline_depth))
+        workers.append(DeviceWorker(ModelRunner(model, tokenizer.pad_id), stats, batching.worker_pipeline_depth))
     # A single input may never exceed the batch budget, or it could not be batched at all.
     if batching.max_batch_tokens < first.max_tokens:
         log.warning(

@@ -62,13 +62,14 @@ def pad_batch(payloads: Sequence[Encoded], pad_id: int, device: torch.device) ->
     return PaddedBatch(stacked[0], stacked[1], stacked[2])
 
 
-class EncoderRunner:
-    """Bi-encoder: token ids -> pooled (and, if the folder says so, normalised) embeddings."""
+class ModelRunner:
+    """Any head that maps padded token ids to one output row per input: pooled embeddings for a
+    bi-encoder (normalised if its folder says so), logits (one per label) for a cross-encoder."""
 
-    def __init__(self, encoder, pad_id: int):
-        self.model = encoder
-        self.device = str(encoder.device)
-        self._device = torch.device(encoder.device)
+    def __init__(self, model, pad_id: int):
+        self.model = model
+        self.device = str(model.device)
+        self._device = torch.device(model.device)
         self._pad_id = pad_id
         self._kernels = _attention_backends if self._device.type == "cuda" else contextlib.nullcontext
 
@@ -79,22 +80,3 @@ class EncoderRunner:
         with torch.inference_mode(), self._kernels():
             out = self.model(batch.input_ids, batch.attention_mask, batch.token_type_ids)
             return out.float().cpu().numpy()
-
-
-class CrossEncoderRunner:
-    """Cross-encoder: (query, document) token ids -> logits, one row of num_labels per pair."""
-
-    def __init__(self, cross_encoder, pad_id: int):
-        self.model = cross_encoder
-        self.device = str(cross_encoder.device)
-        self._device = torch.device(cross_encoder.device)
-        self._pad_id = pad_id
-        self._kernels = _attention_backends if self._device.type == "cuda" else contextlib.nullcontext
-
-    def prepare(self, payloads: Sequence[Encoded]) -> PaddedBatch:
-        return pad_batch(payloads, self._pad_id, self._device)
-
-    def run(self, batch: PaddedBatch) -> np.ndarray:
-        with torch.inference_mode(), self._kernels():
-            logits = self.model(batch.input_ids, batch.attention_mask, batch.token_type_ids)
-            return logits.float().cpu().numpy()
