@@ -1,7 +1,5 @@
-"""The Node.js client (client/node) against a live server: embed in every wire format, info, errors.
-
-Rerank and search are not covered yet: the server answers those RPCs with UNIMPLEMENTED.
-"""
+"""The Node.js client (client/node) against a live server: embed in every wire format, rerank,
+info, errors. Search from Node is covered by test_node_search.py."""
 
 import json
 import math
@@ -116,3 +114,28 @@ def test_float16_decoding_matches_numpy():
     got = np.array([float(v) for v in json.loads(proc.stdout)], dtype=np.float64)
     np.testing.assert_array_equal(got, values.astype(np.float64))
     assert np.signbit(got[1])
+
+
+@pytest.fixture(scope="module")
+def rerank_server(tmp_path_factory):
+    from conftest import server_config
+    from model_factory import make_tiny_cross_encoder
+    from semserve.config import ModelSpec
+    from semserve.server import start_in_background
+
+    folder = make_tiny_cross_encoder(tmp_path_factory.mktemp("node-ce"), num_labels=1, seed=3)
+    handle = start_in_background(server_config(rerankers=[ModelSpec("ce", folder, "cross_encoder")]))
+    yield handle
+    handle.stop()
+
+
+def test_rerank_matches_the_python_client(rerank_server):
+    from semserve_client import SemserveClient
+
+    query, docs = "which car is good off-road?", ["Prado off-road", "bananas", "SUV", "越野车"]
+    out = cli_json(rerank_server.address, "rerank", query, *docs)
+    with SemserveClient(rerank_server.address) as c:
+        want = c.rerank(query, docs)
+    assert [r["index"] for r in out["results"]] == [r.index for r in want.results]
+    for got, ref in zip(out["results"], want.results):
+        assert abs(got["score"] - ref.score) <= 1e-6

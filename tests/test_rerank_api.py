@@ -181,3 +181,18 @@ def test_bad_input(rc, fields, code, words):
 def test_rerank_without_cross_encoder_names_the_flag(client):
     details = expect(grpc.StatusCode.FAILED_PRECONDITION, client.rerank, QUERY, DOCS)
     assert "--reranker" in details
+
+
+def test_client_cli_rerank(rerank_server):
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "semserve_client.cli", "--target", rerank_server.address, "rerank", QUERY, *DOCS[:3],
+         "--top-n", "2"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )
+    results = json.loads(out.stdout)["results"]
+    assert len(results) == 2 and results[0]["score"] >= results[1]["score"]
+    assert all(r["document"] == DOCS[r.get("index", 0)] for r in results)
