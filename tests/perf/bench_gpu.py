@@ -157,8 +157,9 @@ def search_bench(rows: int, dim: int, k: int) -> dict:
     return out
 
 
-def start_server(args: argparse.Namespace, models: dict[str, Path], reranker: Path) -> tuple[subprocess.Popen, str]:
-    cmd = [sys.executable, "-m", "semserve", "serve", "--host", "127.0.0.1", "--port", "0", "--device", "cuda",
+def start_server(args: argparse.Namespace, models: dict[str, Path], reranker: Path,
+                 device: str = "cuda") -> tuple[subprocess.Popen, str]:
+    cmd = [sys.executable, "-m", "semserve", "serve", "--host", "127.0.0.1", "--port", "0", "--device", device,
            "--dtype", "float16", "--metrics-port", "0", "--max-batch-tokens", str(args.max_batch_tokens),
            "--max-batch-size", str(args.max_batch_size), "--max-queue-delay-ms", str(args.max_queue_delay_ms),
            "--tokenizer-threads", str(args.tokenizer_threads), "--max-queue-size", "65536",
@@ -223,6 +224,40 @@ def load(address: str, args, profile_as: str = "", server_pid: int = 0, **kw) ->
     return result
 
 
+def scaling_bench(args: argparse.Namespace, minilm: Path, bert: Path, ce: Path) -> dict:
+    """The same loads on one GPU and on every GPU (one replica each behind one batcher), and the
+    searcher over one shard against one shard per GPU."""
+    from semserve.search.topk import exact_topk
+    from semserve.config import SearchConfig
+
+    gpus = torch.cuda.device_count()
+    out: dict = {"gpus": gpus}
+    for devices in ("cuda:0", ",".join(f"cuda:{i}" for i in range(gpus))):
+        proc, address = start_server(args, {"minilm": minilm, "bert-base": bert}, ce, device=devices)
+        try:
+            for model in ("minilm", "bert-base"):
+                log(f"scaling: {model} on {devices}")
+                out[f"{model}@{devices}"] = load(address, args, mode="embed", model=model, concurrency=128,
+                                                 request_size=32)
+        finally:
+            proc.terminate()
+            proc.wait(60)
+    layout, rows, dim, k = SearchConfig(), args.search_rows, 768, 10
+    whole = torch.randn(rows, dim, device="cuda:0", dtype=torch.float16)
+    halves = [torch.randn(rows // gpus, dim, device=f"cuda:{i}", dtype=torch.float16) for i in range(gpus)]
+    for n in (1, 1024):
+        q = torch.nn.functional.normalize(torch.randn(n, dim), dim=1)
+        one = lambda: exact_topk([(whole, rows, None)], q, k, layout.chunk_rows, layout.max_score_elements)  # noqa: E731
+        many = lambda: exact_topk([(h, h.shape[0], None) for h in halves], q, k, layout.chunk_rows,  # noqa: E731
+                                  layout.max_score_elements)
+        one(), many()
+        out[f"search_{n}_one_gpu_s"] = timed(one, 5)
+        out[f"search_{n}_all_gpus_s"] = timed(many, 5)
+        log(f"scaling: search {n} queries: one GPU {out[f'search_{n}_one_gpu_s']:.4f}s, "
+            f"{gpus} GPUs {out[f'search_{n}_all_gpus_s']:.4f}s")
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minilm", type=Path, required=True, help="all-MiniLM-L6-v2 folder (fp16 is fine)")
@@ -238,6 +273,7 @@ def main() -> None:
     parser.add_argument("--profile-dir", type=Path, default=None, help="write py-spy profiles of the server here")
     parser.add_argument("--py-spy", default="py-spy")
     parser.add_argument("--search-rows", type=int, default=4_000_000)
+    parser.add_argument("--scaling", action="store_true", help="only compare one GPU with every GPU")
     parser.add_argument("--skip", default="", help="comma-separated sections to skip: peers,bert,rerank")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
@@ -265,6 +301,12 @@ def main() -> None:
     nonembedding = sum(p.numel() for n, p in __import__("transformers").BertModel.from_pretrained(bert_hf)
                        .named_parameters() if "embeddings" not in n and "pooler" not in n)
 
+    if args.scaling:
+        results["scaling"] = scaling_bench(args, args.minilm, bert, ce)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2))
+        log("wrote", args.out)
+        return
     peers: dict = {}
     peers["matmul_fp16_tflops"] = matmul_tflops()
     log("matmul fp16 TFLOP/s:", round(peers["matmul_fp16_tflops"], 1))
