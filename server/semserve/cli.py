@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Prometheus /metrics over HTTP; 0 disables")
     s.add_argument("--tokenizer-threads", type=int, default=_env("tokenizer_threads", 2))
     s.add_argument("--log-level", default=_env("log_level", "INFO"))
+    s.add_argument("--cuda-graphs", action="store_true", default=_env("cuda_graphs", "") not in ("", "0", "false"),
+                   help="replay captured CUDA graphs per (batch, length) bucket (SEMSERVE_CUDA_GRAPHS=1)")
     s.add_argument("--admin-token", default=_env("admin_token", None),
                    help="enables LoadModel/UnloadModel for calls with 'authorization: Bearer TOKEN' (SEMSERVE_ADMIN_TOKEN)")
     add_search_arguments(s)
@@ -136,6 +138,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         tokenizer_threads=args.tokenizer_threads,
         log_level=args.log_level,
         admin_token=args.admin_token or None,
+        cuda_graphs=args.cuda_graphs,
         search=search_config_from_args(args),
     )
 

@@ -141,6 +141,8 @@ class ServerConfig:
     # Concurrent RPCs gRPC accepts before answering RESOURCE_EXHAUSTED itself.
     max_concurrent_rpcs: int = 10000
     log_level: str = "INFO"
+    # Replay captured CUDA graphs per (batch, length) bucket instead of launching kernels from Python.
+    cuda_graphs: bool = False
     # Enables AdminService (LoadModel/UnloadModel) for callers presenting it; None disables it.
     admin_token: str | None = None
     search: SearchConfig = field(default_factory=SearchConfig)

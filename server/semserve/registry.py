@@ -81,7 +81,9 @@ class HostedModel:
         return True
 
 
-def load_model(spec: ModelSpec, devices: list[str], dtype_spec: str, batching: BatchingConfig) -> HostedModel:
+def load_model(
+    spec: ModelSpec, devices: list[str], dtype_spec: str, batching: BatchingConfig, cuda_graphs: bool = False
+) -> HostedModel:
     """Load one replica per device and build the model's workers and batcher.
 
     Heavy and blocking: call it before the event loop serves, or in an executor. The batcher
@@ -105,7 +107,9 @@ def load_model(spec: ModelSpec, devices: list[str], dtype_spec: str, batching: B
     first = replicas[0]
     tokenizer = TextTokenizer(first.tokenizer, first.max_tokens, getattr(first, "lowercase", False))
     for model in replicas:
-        workers.append(DeviceWorker(ModelRunner(model, tokenizer.pad_id), stats, batching.worker_pipeline_depth))
+        workers.append(
+            DeviceWorker(ModelRunner(model, tokenizer.pad_id, cuda_graphs), stats, batching.worker_pipeline_depth)
+        )
     # A single input may never exceed the batch budget, or it could not be batched at all.
     if batching.max_batch_tokens < first.max_tokens:
         log.warning(

@@ -55,7 +55,9 @@ class SemserveServer:
     def load_models(self) -> None:
         """Load every configured model (blocking; before serving)."""
         for spec in (*self.config.encoders, *self.config.rerankers):
-            self.registry.add(load_model(spec, self.devices, self.config.dtype, self.config.batching))
+            self.registry.add(
+                load_model(spec, self.devices, self.config.dtype, self.config.batching, self.config.cuda_graphs)
+            )
 
     async def start(self) -> int:
         if not len(self.registry):

@@ -164,6 +164,8 @@ def start_server(args: argparse.Namespace, models: dict[str, Path], reranker: Pa
            "--max-batch-size", str(args.max_batch_size), "--max-queue-delay-ms", str(args.max_queue_delay_ms),
            "--tokenizer-threads", str(args.tokenizer_threads), "--max-queue-size", "65536",
            "--max-queue-tokens", "20000000", "--reranker", f"ce={reranker}"]
+    if args.cuda_graphs:
+        cmd.append("--cuda-graphs")
     for name, path in models.items():
         cmd += ["--encoder", f"{name}={path}"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "server"), str(ROOT / "client"),
@@ -181,6 +183,18 @@ def start_server(args: argparse.Namespace, models: dict[str, Path], reranker: Pa
             return proc, f"{match.group(1)}:{match.group(2)}"
     proc.kill()
     raise RuntimeError("server did not start")
+
+
+def served_parity(address: str, minilm: Path, texts: list[str]) -> dict:
+    """Cosine of the served (fp16) embeddings with sentence-transformers in fp32 on the same folder."""
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+    reference = SentenceTransformer(str(minilm), device="cuda").float().encode(texts, normalize_embeddings=True)
+    with SemserveClient(address) as c:
+        got = np.concatenate([c.embed(texts[i : i + 32], model="minilm").vectors for i in range(0, len(texts), 32)])
+    cos = (got * reference).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(reference, axis=1)
+    return {"min_cosine": float(cos.min()), "mean_cosine": float(cos.mean())}
 
 
 def model_stats(address: str, name: str):
@@ -273,6 +287,7 @@ def main() -> None:
     parser.add_argument("--profile-dir", type=Path, default=None, help="write py-spy profiles of the server here")
     parser.add_argument("--py-spy", default="py-spy")
     parser.add_argument("--search-rows", type=int, default=4_000_000)
+    parser.add_argument("--cuda-graphs", action="store_true", help="serve with --cuda-graphs")
     parser.add_argument("--scaling", action="store_true", help="only compare one GPU with every GPU")
     parser.add_argument("--skip", default="", help="comma-separated sections to skip: peers,bert,rerank")
     args = parser.parse_args()
@@ -329,6 +344,8 @@ def main() -> None:
     proc, address = start_server(args, {"minilm": args.minilm, "bert-base": bert}, ce)
     ours: dict = {}
     try:
+        ours["parity"] = served_parity(address, args.minilm, texts[:256])
+        log("parity of served MiniLM embeddings with sentence-transformers fp32:", ours["parity"])
         log("semserve, MiniLM, 32-text Embed:")
         ours["embed_32"] = load(address, args, "embed_32", proc.pid, mode="embed", model="minilm", concurrency=64, request_size=32)
         log("semserve, MiniLM, single-text EmbedStream:")

@@ -66,17 +66,22 @@ class ModelRunner:
     """Any head that maps padded token ids to one output row per input: pooled embeddings for a
     bi-encoder (normalised if its folder says so), logits (one per label) for a cross-encoder."""
 
-    def __init__(self, model, pad_id: int):
+    def __init__(self, model, pad_id: int, cuda_graphs: bool = False):
         self.model = model
         self.device = str(model.device)
         self._device = torch.device(model.device)
         self._pad_id = pad_id
         self._kernels = _attention_backends if self._device.type == "cuda" else contextlib.nullcontext
+        self._forward = model
+        if cuda_graphs and self._device.type == "cuda":
+            from semserve.runtime.cuda_graphs import GraphedForward
+
+            self._forward = GraphedForward(model, self._device, model.max_tokens)
 
     def prepare(self, payloads: Sequence[Encoded]) -> PaddedBatch:
         return pad_batch(payloads, self._pad_id, self._device)
 
     def run(self, batch: PaddedBatch) -> np.ndarray:
         with torch.inference_mode(), self._kernels():
-            out = self.model(batch.input_ids, batch.attention_mask, batch.token_type_ids)
+            out = self._forward(batch.input_ids, batch.attention_mask, batch.token_type_ids)
             return out.float().cpu().numpy()

@@ -67,7 +67,8 @@ class AdminServicer(info_pb2_grpc.AdminServiceServicer):
             loop = asyncio.get_running_loop()
             try:
                 model = await loop.run_in_executor(
-                    None, load_model, spec, self._devices, self._config.dtype, self._config.batching
+                    None, load_model, spec, self._devices, self._config.dtype, self._config.batching,
+                    self._config.cuda_graphs,
                 )
             except ModelLoadError as exc:
                 raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION, f"cannot load {request.path}: {exc}") from None

@@ -1,0 +1,86 @@
+"""CUDA graphs for padded batches: one captured forward pass per (batch, length) bucket.
+
+Launching a transformer's ~150 kernels from Python costs milliseconds of GIL time per batch,
+which the event loop and the tokenizer threads then wait for (docs/benchmarks.md). Replaying a
+captured graph costs a few launches. A batch is copied into the static input tensors of the
+smallest bucket that holds it; rows and columns beyond it are padding (masked), so results are
+the same as eager up to floating-point reassociation in kernels of another shape.
+
+Graphs are captured on first use, from the compute thread that replays them, and share one
+memory pool (replays never overlap: one compute thread per device).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+log = logging.getLogger(__name__)
+
+BATCH_BUCKETS = (1, 4, 16, 64, 128, 256, 512)
+LENGTH_STEP = 32
+
+
+@dataclass
+class _Graph:
+    graph: torch.cuda.CUDAGraph
+    ids: torch.Tensor
+    mask: torch.Tensor
+    types: torch.Tensor
+    out: torch.Tensor
+
+
+def bucket_for(rows: int, width: int, max_width: int) -> tuple[int, int] | None:
+    """The (batch, length) bucket of a padded batch, or None when it fits no bucket."""
+    batch = next((b for b in BATCH_BUCKETS if b >= rows), None)
+    length = -(-width // LENGTH_STEP) * LENGTH_STEP
+    if batch is None or width > max_width:
+        return None
+    return batch, min(length, max(max_width, width))
+
+
+class GraphedForward:
+    def __init__(self, model: torch.nn.Module, device: torch.device, max_width: int):
+        self.model = model
+        self.device = device
+        self.max_width = max_width
+        self._graphs: dict[tuple[int, int], _Graph] = {}
+        self._pool = torch.cuda.graph_pool_handle()
+
+    def __call__(self, ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
+        rows, width = ids.shape
+        key = bucket_for(rows, width, self.max_width)
+        if key is None:
+            return self.model(ids, mask, types)
+        entry = self._graphs.get(key) or self._capture(key)
+        entry.ids.zero_()
+        entry.mask.zero_()
+        entry.types.zero_()
+        entry.ids[:rows, :width].copy_(ids)
+        entry.mask[:rows, :width].copy_(mask)
+        entry.types[:rows, :width].copy_(types)
+        entry.mask[rows:, 0] = 1  # padding rows attend to one token: no fully masked row
+        entry.graph.replay()
+        return entry.out[:rows]
+
+    def _capture(self, key: tuple[int, int]) -> _Graph:
+        batch, length = key
+        ids = torch.zeros((batch, length), dtype=torch.long, device=self.device)
+        mask = torch.ones((batch, length), dtype=torch.long, device=self.device)
+        mask[:, length // 2 :] = 0  # capture the masked path, as real batches take it
+        types = torch.zeros_like(ids)
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                self.model(ids, mask, types)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            out = self.model(ids, mask, types)
+        entry = _Graph(graph, ids, mask, types, out)
+        self._graphs[key] = entry
+        log.debug("captured a CUDA graph for batch %d x length %d", batch, length)
+        return entry
