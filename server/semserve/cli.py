@@ -65,8 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Prometheus /metrics over HTTP; 0 disables")
     s.add_argument("--tokenizer-threads", type=int, default=_env("tokenizer_threads", 2))
     s.add_argument("--log-level", default=_env("log_level", "INFO"))
-    s.add_argument("--cuda-graphs", action="store_true", default=_env("cuda_graphs", "") not in ("", "0", "false"),
-                   help="replay captured CUDA graphs per (batch, length) bucket (SEMSERVE_CUDA_GRAPHS=1)")
+    s.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
+                   default=_env("cuda_graphs", "1") not in ("0", "false", "no"),
+                   help="on GPUs, launch kernels from Python instead of replaying captured CUDA graphs "
+                   "(SEMSERVE_CUDA_GRAPHS=0)")
     s.add_argument("--admin-token", default=_env("admin_token", None),
                    help="enables LoadModel/UnloadModel for calls with 'authorization: Bearer TOKEN' (SEMSERVE_ADMIN_TOKEN)")
     add_search_arguments(s)

@@ -141,8 +141,9 @@ class ServerConfig:
     # Concurrent RPCs gRPC accepts before answering RESOURCE_EXHAUSTED itself.
     max_concurrent_rpcs: int = 10000
     log_level: str = "INFO"
-    # Replay captured CUDA graphs per (batch, length) bucket instead of launching kernels from Python.
-    cuda_graphs: bool = False
+    # On GPUs, replay captured CUDA graphs per (batch, length) bucket instead of launching every
+    # kernel from Python (measured on an H100: +27% MiniLM throughput, lone-request p50 6.8 -> 2.2 ms).
+    cuda_graphs: bool = True
     # Enables AdminService (LoadModel/UnloadModel) for callers presenting it; None disables it.
     admin_token: str | None = None
     search: SearchConfig = field(default_factory=SearchConfig)

@@ -82,7 +82,7 @@ class HostedModel:
 
 
 def load_model(
-    spec: ModelSpec, devices: list[str], dtype_spec: str, batching: BatchingConfig, cuda_graphs: bool = False
+    spec: ModelSpec, devices: list[str], dtype_spec: str, batching: BatchingConfig, cuda_graphs: bool = True
 ) -> HostedModel:
     """Load one replica per device and build the model's workers and batcher.
 

@@ -164,8 +164,8 @@ def start_server(args: argparse.Namespace, models: dict[str, Path], reranker: Pa
            "--max-batch-size", str(args.max_batch_size), "--max-queue-delay-ms", str(args.max_queue_delay_ms),
            "--tokenizer-threads", str(args.tokenizer_threads), "--max-queue-size", "65536",
            "--max-queue-tokens", "20000000", "--reranker", f"ce={reranker}"]
-    if args.cuda_graphs:
-        cmd.append("--cuda-graphs")
+    if args.no_cuda_graphs:
+        cmd.append("--no-cuda-graphs")
     for name, path in models.items():
         cmd += ["--encoder", f"{name}={path}"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "server"), str(ROOT / "client"),
@@ -287,7 +287,7 @@ def main() -> None:
     parser.add_argument("--profile-dir", type=Path, default=None, help="write py-spy profiles of the server here")
     parser.add_argument("--py-spy", default="py-spy")
     parser.add_argument("--search-rows", type=int, default=4_000_000)
-    parser.add_argument("--cuda-graphs", action="store_true", help="serve with --cuda-graphs")
+    parser.add_argument("--no-cuda-graphs", action="store_true", help="serve with --no-cuda-graphs")
     parser.add_argument("--scaling", action="store_true", help="only compare one GPU with every GPU")
     parser.add_argument("--skip", default="", help="comma-separated sections to skip: peers,bert,rerank")
     args = parser.parse_args()

@@ -48,13 +48,22 @@ class GraphedForward:
         self.max_width = max_width
         self._graphs: dict[tuple[int, int], _Graph] = {}
         self._pool = torch.cuda.graph_pool_handle()
+        self.enabled = True
 
     def __call__(self, ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
         rows, width = ids.shape
-        key = bucket_for(rows, width, self.max_width)
+        key = bucket_for(rows, width, self.max_width) if self.enabled else None
         if key is None:
             return self.model(ids, mask, types)
-        entry = self._graphs.get(key) or self._capture(key)
+        entry = self._graphs.get(key)
+        if entry is None:
+            try:
+                entry = self._capture(key)
+            except Exception:  # a model whose forward cannot be captured still serves, eagerly
+                log.warning("CUDA graph capture failed; this replica runs eagerly from now on", exc_info=True)
+                self.enabled = False
+                torch.cuda.synchronize(self.device)
+                return self.model(ids, mask, types)
         entry.ids.zero_()
         entry.mask.zero_()
         entry.types.zero_()
