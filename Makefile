@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 NODE_STAMP := client/node/node_modules/.installed-stamp
 
-.PHONY: install serve test protos node-install bench-gpu clean
+.PHONY: install serve test protos node-install bench-models bench-gpu clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,7 +37,11 @@ protos: install
 	$(PY) protos/generate.py
 
 # On a CUDA machine: semserve and its peers on the same GPU, in one run (see docs/benchmarks.md).
+# `make bench-models` (here) writes the fp16 MiniLM folder that the GPU machine needs.
 BENCH_MINILM ?= .models/minilm
+bench-models: install
+	PYTHONPATH=server:client $(PY) tests/perf/prepare_minilm.py $(BENCH_MINILM)
+
 bench-gpu:
 	PYTHONPATH=server:client:$$PYTHONPATH $(or $(BENCH_PYTHON),$(PY)) tests/perf/bench_gpu.py --minilm $(BENCH_MINILM) $(BENCH_ARGS)
 
