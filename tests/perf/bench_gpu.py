@@ -37,7 +37,10 @@ def log(*parts) -> None:
     print(*parts, flush=True)
 
 
-def timed(fn, repeat: int = 1) -> float:
+def timed(fn, repeat: int = 1, warmup: int = 0) -> float:
+    """Mean seconds of ``fn`` over ``repeat`` calls, the device synchronised on both sides."""
+    for _ in range(warmup):
+        fn()
     torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(repeat):

@@ -9,21 +9,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import torch
 
 from semserve.search.topk import exact_topk
 
+import bench_gpu  # noqa: E402  (same folder: the shared timer)
+
 
 def timed(fn, repeat: int) -> float:
-    fn()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(repeat):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - start) / repeat
+    return bench_gpu.timed(fn, repeat, warmup=1)
 
 
 def main() -> None:
