@@ -200,6 +200,23 @@ def served_parity(address: str, minilm: Path, texts: list[str]) -> dict:
     return {"min_cosine": float(cos.min()), "mean_cosine": float(cos.mean())}
 
 
+def served_rerank_parity(address: str, ce: Path, texts: list[str]) -> dict:
+    """Served cross-encoder scores (fp16, CUDA graphs) against CrossEncoder.predict in fp32."""
+    import numpy as np
+    from sentence_transformers import CrossEncoder
+
+    query, docs = texts[0], texts[1:65]
+    reference = CrossEncoder(str(ce), device="cuda")
+    reference.model.float()
+    want = np.asarray(reference.predict([(query, d) for d in docs]))
+    with SemserveClient(address) as c:
+        got = np.zeros(len(docs))
+        for r in c.rerank(query, docs, model="ce").results:
+            got[r.index] = r.score
+    return {"max_abs_diff": float(np.abs(got - want).max()),
+            "same_top1": bool(int(np.argmax(got)) == int(np.argmax(want)))}
+
+
 def model_stats(address: str, name: str):
     """The server's own counters for a model (batches, items, tokens, padded tokens)."""
     with SemserveClient(address) as c:
@@ -349,6 +366,8 @@ def main() -> None:
     try:
         ours["parity"] = served_parity(address, args.minilm, texts[:256])
         log("parity of served MiniLM embeddings with sentence-transformers fp32:", ours["parity"])
+        ours["rerank_parity"] = served_rerank_parity(address, ce, texts)
+        log("parity of served cross-encoder scores with CrossEncoder.predict fp32:", ours["rerank_parity"])
         log("semserve, MiniLM, 32-text Embed:")
         ours["embed_32"] = load(address, args, "embed_32", proc.pid, mode="embed", model="minilm", concurrency=64, request_size=32)
         log("semserve, MiniLM, single-text EmbedStream:")
