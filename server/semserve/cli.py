@@ -111,7 +111,6 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         from semserve.models.bundled import default_encoder_path
 
         encoder_specs = [ModelSpec(name="all-MiniLM-L6-v2", path=default_encoder_path(), kind="encoder")]
-    limits = RequestLimits()
     return ServerConfig(
         host=args.host,
         port=args.port,
@@ -129,11 +128,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         limits=RequestLimits(
             max_texts_per_request=args.max_texts_per_request,
             max_documents_per_rerank=args.max_documents_per_rerank,
-            max_top_k=limits.max_top_k,
-            max_queries_per_search=limits.max_queries_per_search,
-            max_documents_per_upsert=limits.max_documents_per_upsert,
             max_receive_message_bytes=args.max_message_bytes,
-            max_send_message_bytes=limits.max_send_message_bytes,
         ),
         grace_period_s=args.grace_period_s,
         metrics_port=args.metrics_port,

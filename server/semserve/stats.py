@@ -29,17 +29,11 @@ class ModelStats:
     items: int = 0
     tokens: int = 0
     padded_tokens: int = 0
-    queued_items: int = 0
-    _rejected: int = 0
+    rejected_requests: int = 0
 
-    @property
-    def rejected_requests(self) -> int:
-        return self._rejected
-
-    @rejected_requests.setter
-    def rejected_requests(self, value: int) -> None:
-        REJECTED.labels(self.model).inc(value - self._rejected)
-        self._rejected = value
+    def record_rejection(self) -> None:
+        self.rejected_requests += 1
+        REJECTED.labels(self.model).inc()
 
     def record_batch(self, size: int, real_tokens: int, padded_tokens: int, seconds: float) -> None:
         self.batches += 1

@@ -55,7 +55,7 @@ class DynamicBatcher:
         tokens = sum(t for _, t in payloads)
         cfg = self.config
         if len(self._pending) + count > cfg.max_queue_size or self._pending_tokens + tokens > cfg.max_queue_tokens:
-            self.stats.rejected_requests += 1
+            self.stats.record_rejection()
             raise QueueFull(
                 f"model {self.name!r} queue is full ({len(self._pending)} items, {self._pending_tokens} tokens "
                 f"waiting; bounds {cfg.max_queue_size} items, {cfg.max_queue_tokens} tokens); retry with backoff"
@@ -66,7 +66,6 @@ class DynamicBatcher:
             WorkItem(payload=p, tokens=t, group=group, index=i, enqueued_at=now) for i, (p, t) in enumerate(payloads)
         )
         self._pending_tokens += tokens
-        self.stats.queued_items = len(self._pending)
         self._item_arrived.set()
         return group.future
 
@@ -170,7 +169,6 @@ class DynamicBatcher:
             alive = [i for i in self._pending if not i.group.future.done()]
             self._pending = collections.deque(alive)
             self._pending_tokens = sum(i.tokens for i in alive)
-            self.stats.queued_items = len(alive)
 
     def _take_batch(self) -> list[WorkItem]:
         """Cut the batch holding the oldest item from a length-sorted window of the queue head."""
@@ -193,5 +191,4 @@ class DynamicBatcher:
         # Everything not chosen goes back to the head, in arrival order.
         self._pending.extendleft(reversed([i for i in window if id(i) not in chosen_ids]))
         self._pending_tokens -= sum(i.tokens for i in chosen)
-        self.stats.queued_items = len(self._pending)
         return chosen
