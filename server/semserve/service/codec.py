@@ -22,12 +22,13 @@ def checked_format(value: int) -> int:
     return FLOAT_LIST if value == common_pb2.EMBEDDING_FORMAT_UNSPECIFIED else value
 
 
+_BYTE_DTYPES = {FLOAT32_BYTES: "<f4", FLOAT16_BYTES: "<f2"}
+
+
 def to_messages(matrix: np.ndarray, fmt: int) -> list[common_pb2.Embedding]:
-    if fmt == FLOAT32_BYTES:
-        rows = np.ascontiguousarray(matrix, dtype="<f4")
-        return [common_pb2.Embedding(data=row.tobytes()) for row in rows]
-    if fmt == FLOAT16_BYTES:
-        rows = np.ascontiguousarray(matrix, dtype="<f2")
+    dtype = _BYTE_DTYPES.get(fmt)
+    if dtype is not None:
+        rows = np.ascontiguousarray(matrix, dtype=dtype)
         return [common_pb2.Embedding(data=row.tobytes()) for row in rows]
     return [common_pb2.Embedding(values=row) for row in matrix.tolist()]
 
