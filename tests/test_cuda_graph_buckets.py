@@ -1,7 +1,7 @@
 """Bucketing of padded batches for CUDA graph replay (pure logic; replay itself needs a GPU and
 is checked by `make bench-gpu`, which compares served embeddings with sentence-transformers)."""
 
-from semserve.runtime.cuda_graphs import BATCH_BUCKETS, LENGTH_STEP, bucket_for
+from semserve.engine.runtime.cuda_graphs import BATCH_BUCKETS, LENGTH_STEP, bucket_for
 
 
 def test_smallest_bucket_that_holds_the_batch():

@@ -154,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.command == "serve":
         from semserve.models.errors import ModelLoadError
-        from semserve.runtime.devices import resolve_devices
+        from semserve.engine.runtime.devices import resolve_devices
         from semserve.server import serve_until_signalled
 
         try:

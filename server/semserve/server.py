@@ -1,5 +1,9 @@
-"""Assembling and running the server: models, batchers, gRPC services, health, reflection,
-and a graceful stop (health NOT_SERVING, new calls refused, calls in flight finish)."""
+"""A server in one process: the engine and one gRPC front end on the same event loop.
+
+This is ``semserve serve --frontends 0`` and what tests and notebooks embed. The front end
+talks to the engine through the same core API that crosses processes in the multi-process
+server (process/supervisor.py), so both modes run the same code apart from the transport.
+"""
 
 from __future__ import annotations
 
@@ -7,121 +11,53 @@ import asyncio
 import logging
 import signal
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
-
 from semserve.config import ServerConfig
-from semserve.registry import ModelRegistry, load_model
-from semserve.runtime.devices import resolve_devices
-from semserve.service.encoder_service import EncoderServicer
-from semserve.service.info_service import InfoServicer
-from semserve.service.admin_service import AdminServicer
-from semserve.service.reranker_service import RerankerServicer
-from semserve.service.search_service import SearchServicer
-from semserve.search.store import CollectionStore
-from semserve_client.v1 import encoder_pb2, encoder_pb2_grpc, info_pb2, info_pb2_grpc, reranker_pb2
-from semserve_client.v1 import reranker_pb2_grpc, search_pb2, search_pb2_grpc
+from semserve.engine.engine import Engine
+from semserve.frontend.server import FrontEnd
 
 log = logging.getLogger("semserve")
-
-SERVICE_NAMES = {
-    "encoder": encoder_pb2.DESCRIPTOR.services_by_name["EncoderService"].full_name,
-    "reranker": reranker_pb2.DESCRIPTOR.services_by_name["RerankerService"].full_name,
-    "search": search_pb2.DESCRIPTOR.services_by_name["SearchService"].full_name,
-    "info": info_pb2.DESCRIPTOR.services_by_name["InfoService"].full_name,
-    "admin": info_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
-}
 
 
 class SemserveServer:
     """One server: call ``start()`` on the loop that will serve, then ``stop()``."""
 
     def __init__(self, config: ServerConfig):
-        config.validate()
         self.config = config
-        self.registry = ModelRegistry()
-        self.devices = resolve_devices(config.device)
-        self.tokenize_pool = ThreadPoolExecutor(config.tokenizer_threads, thread_name_prefix="tokenize")
-        self.health = health.aio.HealthServicer()
-        self.store = CollectionStore(config.search, self.devices)
-        self.search: SearchServicer | None = None
-        self.port: int | None = None
-        self._grpc: grpc.aio.Server | None = None
+        self.engine = Engine(config)
+        self.frontend = FrontEnd(self.engine, config)
+
+    @property
+    def registry(self):
+        return self.engine.registry
+
+    @property
+    def port(self) -> int | None:
+        return self.frontend.port
 
     def load_models(self) -> None:
-        """Load every configured model (blocking; before serving)."""
-        for spec in (*self.config.encoders, *self.config.rerankers):
-            self.registry.add(
-                load_model(spec, self.devices, self.config.dtype, self.config.batching, self.config.cuda_graphs)
-            )
+        self.engine.load_models()
 
     async def start(self) -> int:
-        if not len(self.registry):
-            await asyncio.get_running_loop().run_in_executor(None, self.load_models)
-        for model in self.registry:
-            model.batcher.start()
-        limits = self.config.limits
-        # Collections are recovered (snapshot + log replay) before the port opens.
-        await asyncio.get_running_loop().run_in_executor(None, self.store.open)
-        self.search = SearchServicer(
-            self.store, self.registry, limits,
-            EncoderServicer(self.registry, limits, self.tokenize_pool),
-            RerankerServicer(self.registry, limits, self.tokenize_pool),
-        )
-        self.search.start_maintenance()
-        server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", limits.max_receive_message_bytes),
-                ("grpc.max_send_message_length", limits.max_send_message_bytes),
-                ("grpc.so_reuseport", 0),
-            ],
-            maximum_concurrent_rpcs=self.config.max_concurrent_rpcs,
-        )
-        encoder_pb2_grpc.add_EncoderServiceServicer_to_server(
-            EncoderServicer(self.registry, limits, self.tokenize_pool), server
-        )
-        reranker_pb2_grpc.add_RerankerServiceServicer_to_server(
-            RerankerServicer(self.registry, limits, self.tokenize_pool), server
-        )
-        search_pb2_grpc.add_SearchServiceServicer_to_server(self.search, server)
-        info_pb2_grpc.add_InfoServiceServicer_to_server(InfoServicer(self.registry, self.config), server)
-        info_pb2_grpc.add_AdminServiceServicer_to_server(
-            AdminServicer(self.registry, self.config, self.devices, self.config.admin_token), server
-        )
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            [*SERVICE_NAMES.values(), health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
-            server,
-        )
-        address = f"{self.config.host}:{self.config.port}"
-        self.port = server.add_insecure_port(address)
-        if not self.port:
-            raise OSError(f"could not bind {address}")
-        await server.start()
-        self._grpc = server
-        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
-        for name in SERVICE_NAMES.values():
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        return self.port
+        await self.engine.start()
+        return await self.frontend.start()
 
     async def stop(self, grace_s: float | None = None) -> None:
-        """Health NOT_SERVING, refuse new calls, let calls in flight finish within the grace period."""
-        grace = self.config.grace_period_s if grace_s is None else grace_s
-        await self.health.enter_graceful_shutdown()
-        if self._grpc is not None:
-            await self._grpc.stop(grace)
-        if self.search is not None:  # snapshot and close the logs once no call can write
-            await self.search.stop()
-        await self.registry.stop_all()
-        self.tokenize_pool.shutdown(wait=False, cancel_futures=True)
+        """Front end first (calls in flight finish), then the engine (store closed cleanly)."""
+        await self.frontend.stop(self.config.grace_period_s if grace_s is None else grace_s)
+        await self.engine.stop()
 
     def describe(self) -> str:
-        models = ", ".join(f"{m.name} ({m.kind}, dim {m.dimension}, max_tokens {m.max_tokens})" for m in self.registry)
-        return f"semserve listening on {self.config.host}:{self.port}; models: {models}; devices: {', '.join(self.devices)}"
+        return f"semserve listening on {self.config.host}:{self.port}; {self.engine.summary()}"
+
+
+def start_metrics(config: ServerConfig) -> None:
+    """Prometheus /metrics over HTTP in this process (the one holding the counters)."""
+    if config.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(config.metrics_port)
 
 
 async def serve_until_signalled(config: ServerConfig) -> None:
@@ -129,10 +65,7 @@ async def serve_until_signalled(config: ServerConfig) -> None:
     server = SemserveServer(config)
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, server.load_models)
-    if config.metrics_port:
-        from prometheus_client import start_http_server
-
-        start_http_server(config.metrics_port)
+    start_metrics(config)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)

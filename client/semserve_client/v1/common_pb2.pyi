@@ -28,7 +28,7 @@ MODEL_KIND_ENCODER: ModelKind
 MODEL_KIND_CROSS_ENCODER: ModelKind
 
 class Timing(_message.Message):
-    __slots__ = ("queue_time_us", "tokenization_time_us", "inference_time_us", "total_time_us", "compute_tokens", "padded_tokens", "batches")
+    __slots__ = ("queue_time_us", "tokenization_time_us", "inference_time_us", "total_time_us", "compute_tokens", "padded_tokens", "batches", "transport_time_us")
     QUEUE_TIME_US_FIELD_NUMBER: _ClassVar[int]
     TOKENIZATION_TIME_US_FIELD_NUMBER: _ClassVar[int]
     INFERENCE_TIME_US_FIELD_NUMBER: _ClassVar[int]
@@ -36,6 +36,7 @@ class Timing(_message.Message):
     COMPUTE_TOKENS_FIELD_NUMBER: _ClassVar[int]
     PADDED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     BATCHES_FIELD_NUMBER: _ClassVar[int]
+    TRANSPORT_TIME_US_FIELD_NUMBER: _ClassVar[int]
     queue_time_us: int
     tokenization_time_us: int
     inference_time_us: int
@@ -43,7 +44,8 @@ class Timing(_message.Message):
     compute_tokens: int
     padded_tokens: int
     batches: int
-    def __init__(self, queue_time_us: _Optional[int] = ..., tokenization_time_us: _Optional[int] = ..., inference_time_us: _Optional[int] = ..., total_time_us: _Optional[int] = ..., compute_tokens: _Optional[int] = ..., padded_tokens: _Optional[int] = ..., batches: _Optional[int] = ...) -> None: ...
+    transport_time_us: int
+    def __init__(self, queue_time_us: _Optional[int] = ..., tokenization_time_us: _Optional[int] = ..., inference_time_us: _Optional[int] = ..., total_time_us: _Optional[int] = ..., compute_tokens: _Optional[int] = ..., padded_tokens: _Optional[int] = ..., batches: _Optional[int] = ..., transport_time_us: _Optional[int] = ...) -> None: ...
 
 class Error(_message.Message):
     __slots__ = ("code", "message")

@@ -79,15 +79,27 @@ class GetInfoRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class FrontendInfo(_message.Message):
+    __slots__ = ("index", "pid", "requests")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    pid: int
+    requests: int
+    def __init__(self, index: _Optional[int] = ..., pid: _Optional[int] = ..., requests: _Optional[int] = ...) -> None: ...
+
 class GetInfoResponse(_message.Message):
-    __slots__ = ("version", "models", "limits")
+    __slots__ = ("version", "models", "limits", "frontends")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
+    FRONTENDS_FIELD_NUMBER: _ClassVar[int]
     version: str
     models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
     limits: Limits
-    def __init__(self, version: _Optional[str] = ..., models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ...) -> None: ...
+    frontends: _containers.RepeatedCompositeFieldContainer[FrontendInfo]
+    def __init__(self, version: _Optional[str] = ..., models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., frontends: _Optional[_Iterable[_Union[FrontendInfo, _Mapping]]] = ...) -> None: ...
 
 class LoadModelRequest(_message.Message):
     __slots__ = ("name", "path", "kind")

@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from semserve.core.errors import CollectionNotFound
+from semserve.core.types import COSINE
 from semserve.search import records
 from semserve.search.shards import ShardedMatrix
 from semserve.search.snapshot import SnapshotData, read_snapshot, write_snapshot
@@ -28,13 +30,7 @@ from semserve.search.wal import WriteAheadLog, fsync_dir, iter_log_files, log_pa
 
 log = logging.getLogger(__name__)
 
-COSINE = "cosine"
-DOT = "dot"
 SPEC_FILE = "collection.json"
-
-
-class CollectionNotFound(LookupError):
-    """No collection of that name (or it was dropped while the call ran); NOT_FOUND."""
 
 
 @dataclass(frozen=True)
@@ -183,6 +179,15 @@ class Collection:
             ticket = self._log(records.encode_delete(batch))
             self._apply(batch)
         return len(present), ticket
+
+    def pending_writes(self) -> Ticket:
+        """A ticket for everything applied so far: its ``wait`` returns once all of it is durable."""
+        with self.lock:
+            if self.dropped:
+                raise CollectionNotFound(f"collection {self.spec.name!r} was dropped")
+            if self.wal is None:
+                return Ticket()
+            return Ticket(self.wal, self.wal.written_seq)
 
     def _log(self, payload: bytes) -> Ticket:
         if self.dropped:

@@ -8,7 +8,6 @@ data dir everything lives in memory and nothing survives a restart.
 from __future__ import annotations
 
 import logging
-import re
 import shutil
 import threading
 import uuid
@@ -17,17 +16,13 @@ from pathlib import Path
 import torch
 
 from semserve.config import ConfigError, SearchConfig
-from semserve.runtime.devices import resolve_devices, resolve_dtype
-from semserve.search.collection import SPEC_FILE, Collection, CollectionNotFound, CollectionSpec, Layout
+from semserve.engine.runtime.devices import resolve_devices, resolve_dtype
+from semserve.core.errors import CollectionExists, CollectionNotFound
+from semserve.search.collection import SPEC_FILE, Collection, CollectionSpec, Layout
 from semserve.search.wal import fsync_dir
 
 log = logging.getLogger(__name__)
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-
-
-class CollectionExists(ValueError):
-    pass
 
 
 def search_layout(config: SearchConfig, model_devices: list[str]) -> Layout:

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from semserve.core.errors import ShuttingDown
+
 log = logging.getLogger(__name__)
 
 HEADER = struct.Struct("<II")
@@ -124,7 +126,7 @@ class WriteAheadLog:
         record = encode_record(payload)
         with self._lock:
             if self.closed:
-                raise RuntimeError("write-ahead log is closed (server shutting down)")
+                raise ShuttingDown("the collection's log is closed: the server is shutting down; retry on another server")
             view = memoryview(record)
             while view:
                 written = os.write(self._fd, view)
@@ -132,6 +134,10 @@ class WriteAheadLog:
             self._written_seq += 1
             self.records += 1
             return self._written_seq
+
+    @property
+    def written_seq(self) -> int:
+        return self._written_seq
 
     def sync(self, seq: int) -> None:
         """Block until record ``seq`` is on disk; one fsync covers every record written before it starts."""

@@ -115,7 +115,7 @@ def _read_pairs(args: argparse.Namespace):
 
 
 def _device(spec: str) -> str:
-    from semserve.runtime.devices import resolve_devices
+    from semserve.engine.runtime.devices import resolve_devices
 
     devices = resolve_devices(spec)
     if len(devices) != 1 and spec.strip().lower() not in ("auto", "cuda"):

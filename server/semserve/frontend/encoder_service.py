@@ -1,20 +1,18 @@
-"""EncoderService: Embed, EmbedStream, Tokenize and Similarity over the encoder batchers."""
+"""EncoderService: Embed, EmbedStream, Tokenize and Similarity; proto in, core calls, proto out."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from concurrent.futures import Executor
 from typing import Sequence
 
-import numpy as np
-
 from semserve.config import RequestLimits
-from semserve.registry import ENCODER, HostedModel, ModelRegistry
-from semserve.service import codec
-from semserve.service.errors import invalid_argument, unary_rpc
-from semserve.service.inference import deadline_of, run_inference
-from semserve.service.streaming import answer_by_id
+from semserve.core.types import ENCODER
+from semserve.frontend import codec
+from semserve.frontend.errors import invalid_argument, unary_rpc
+from semserve.frontend.inference import Inference, deadline_of
+from semserve.frontend.streaming import answer_by_id
+from semserve.frontend.timing import timing_proto
 from semserve_client.v1 import encoder_pb2, encoder_pb2_grpc
 
 
@@ -34,37 +32,25 @@ def check_texts(texts: Sequence[str], limit: int, what: str = "texts") -> list[s
 
 
 class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
-    def __init__(self, registry: ModelRegistry, limits: RequestLimits, tokenize_pool: Executor):
-        self._registry = registry
+    def __init__(self, inference: Inference, limits: RequestLimits):
+        self._inference = inference
         self._limits = limits
-        self._pool = tokenize_pool
-
-    async def embed_matrix(
-        self, model: HostedModel, texts: list[str], truncate: bool, normalize: bool, deadline: float | None
-    ):
-        """Embeddings of texts as a float32 matrix, with the outcome (tokens, timing)."""
-        outcome = await run_inference(model, texts, truncate, deadline, self._pool)
-        matrix = np.stack(outcome.values).astype(np.float32, copy=False)
-        if normalize:
-            matrix = codec.l2_normalize(matrix)
-        return matrix, outcome
 
     async def embed(self, request: encoder_pb2.EmbedRequest, deadline: float | None) -> encoder_pb2.EmbedResponse:
         started = time.monotonic()
-        model = self._registry.get(request.model, ENCODER)
         texts = check_texts(request.texts, self._limits.max_texts_per_request)
         fmt = codec.checked_format(request.format)
-        matrix, outcome = await self.embed_matrix(
-            model, texts, flag(request, "truncate", True), flag(request, "normalize", True), deadline
+        out = await self._inference.embed(
+            request.model, texts, flag(request, "truncate", True), flag(request, "normalize", True), deadline
         )
         return encoder_pb2.EmbedResponse(
-            model=model.name,
-            dimension=matrix.shape[1],
+            model=out.model.name,
+            dimension=out.values.shape[1],
             format=fmt,
-            embeddings=codec.to_messages(matrix, fmt),
-            token_counts=[e.length for e in outcome.encoded],
-            truncated_indexes=[i for i, e in enumerate(outcome.encoded) if e.truncated],
-            timing=outcome.timing.to_proto(time.monotonic() - started),
+            embeddings=codec.to_messages(out.values, fmt),
+            token_counts=out.tokenized.lengths,
+            truncated_indexes=out.tokenized.truncated,
+            timing=timing_proto(out.timing, time.monotonic() - started),
         )
 
     @unary_rpc
@@ -80,10 +66,10 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
 
     @unary_rpc
     async def Tokenize(self, request, context):
-        model = self._registry.get(request.model, ENCODER)
+        model, tokenizer = await self._inference.models.get(request.model, ENCODER)
         texts = check_texts(request.texts, self._limits.max_texts_per_request)
         described = await asyncio.get_running_loop().run_in_executor(
-            self._pool, model.tokenizer.describe, texts, flag(request, "truncate", True)
+            None, tokenizer.describe, texts, flag(request, "truncate", True)
         )
         out = []
         for encoding, full_length in described:
@@ -103,12 +89,11 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
     @unary_rpc
     async def Similarity(self, request, context):
         started = time.monotonic()
-        model = self._registry.get(request.model, ENCODER)
         texts = check_texts(request.texts, self._limits.max_texts_per_request - 1)
-        matrix, outcome = await self.embed_matrix(
-            model, [request.source_text, *texts], flag(request, "truncate", True), True, deadline_of(context)
+        out = await self._inference.embed(
+            request.model, [request.source_text, *texts], flag(request, "truncate", True), True, deadline_of(context)
         )
-        scores = matrix[1:] @ matrix[0]
+        scores = out.values[1:] @ out.values[0]
         return encoder_pb2.SimilarityResponse(
-            model=model.name, scores=scores.tolist(), timing=outcome.timing.to_proto(time.monotonic() - started)
+            model=out.model.name, scores=scores.tolist(), timing=timing_proto(out.timing, time.monotonic() - started)
         )

@@ -1,24 +1,22 @@
 """RerankerService: a cross-encoder reads query and document together and scores relevance.
 
-Pairs go through the model's dynamic batcher like texts do (same token budget, length sort,
-back-pressure and deadlines); the activation (sigmoid, or a label's probability) is applied per
-request after the batch, so raw and activated requests share batches.
+Pairs go through the model's dynamic batcher in the engine like texts do (same token budget,
+length sort, back-pressure and deadlines); the engine applies the activation (sigmoid, or a
+label's probability) per request after the batch, so raw and activated requests share batches.
 """
 
 from __future__ import annotations
 
 import time
-from concurrent.futures import Executor
 
 import numpy as np
-import torch
 
 from semserve.config import RequestLimits
-from semserve.registry import CROSS_ENCODER, HostedModel, ModelRegistry
-from semserve.service.encoder_service import check_texts, flag
-from semserve.service.errors import invalid_argument, unary_rpc
-from semserve.service.inference import deadline_of, run_inference
-from semserve.service.streaming import answer_by_id
+from semserve.frontend.encoder_service import check_texts, flag
+from semserve.frontend.errors import invalid_argument, unary_rpc
+from semserve.frontend.inference import Inference, deadline_of
+from semserve.frontend.streaming import answer_by_id
+from semserve.frontend.timing import timing_proto
 from semserve_client.v1 import reranker_pb2, reranker_pb2_grpc
 
 
@@ -31,37 +29,21 @@ def checked_top_n(request: reranker_pb2.RerankRequest, count: int) -> int:
     return min(request.top_n, count)
 
 
-def pair_scores(model: HostedModel, logits: np.ndarray, raw: bool) -> np.ndarray:
-    head = model.replicas[0]
-    tensor = torch.from_numpy(logits)
-    return (head.raw_scores(tensor) if raw else head.activate(tensor)).float().numpy()
-
-
 class RerankerServicer(reranker_pb2_grpc.RerankerServiceServicer):
-    def __init__(self, registry: ModelRegistry, limits: RequestLimits, tokenize_pool: Executor):
-        self._registry = registry
+    def __init__(self, inference: Inference, limits: RequestLimits):
+        self._inference = inference
         self._limits = limits
-        self._pool = tokenize_pool
-
-    async def score(
-        self, model: HostedModel, query: str, documents: list[str], truncate: bool, raw: bool, deadline: float | None
-    ):
-        """One score per document, in input order, with the inference outcome (for timing)."""
-        outcome = await run_inference(
-            model, [(query, d) for d in documents], truncate, deadline, self._pool, what="pair"
-        )
-        return pair_scores(model, np.stack(outcome.values), raw), outcome
 
     async def rerank(self, request: reranker_pb2.RerankRequest, deadline: float | None) -> reranker_pb2.RerankResponse:
         started = time.monotonic()
-        model = self._registry.get(request.model, CROSS_ENCODER)
         if not request.query.strip():
             raise invalid_argument("query is empty; send the text the documents are ranked against")
         documents = check_texts(request.documents, self._limits.max_documents_per_rerank, "documents")
         top_n = checked_top_n(request, len(documents))
-        scores, outcome = await self.score(
-            model, request.query, documents, flag(request, "truncate", True), request.raw_scores, deadline
+        out = await self._inference.score(
+            request.model, request.query, documents, flag(request, "truncate", True), request.raw_scores, deadline
         )
+        scores = out.values
         # Stable sort: equal scores keep the documents' input order.
         order = np.argsort(-scores, kind="stable")[:top_n]
         results = [
@@ -71,7 +53,7 @@ class RerankerServicer(reranker_pb2_grpc.RerankerServiceServicer):
             for i in order
         ]
         return reranker_pb2.RerankResponse(
-            model=model.name, results=results, timing=outcome.timing.to_proto(time.monotonic() - started)
+            model=out.model.name, results=results, timing=timing_proto(out.timing, time.monotonic() - started)
         )
 
     @unary_rpc

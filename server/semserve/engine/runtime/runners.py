@@ -7,14 +7,13 @@
 from __future__ import annotations
 
 import contextlib
-import itertools
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import torch
 
-from semserve.runtime.tokenization import Encoded
+from semserve.engine.batching.requests import BatchPart
 
 
 @dataclass
@@ -38,28 +37,43 @@ def _attention_backends():
     return sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.MATH])
 
 
-def pad_batch(payloads: Sequence[Encoded], pad_id: int, device: torch.device) -> PaddedBatch:
-    n = len(payloads)
-    width = max(p.length for p in payloads)
+def pad_parts(parts: Sequence[BatchPart], pad_id: int, device: torch.device) -> PaddedBatch:
+    """Pad the inputs of a batch's parts into (rows, width) tensors, with a few array operations.
+
+    Each part is a slice of one request's flat token buffer; rows follow the parts' order.
+    """
+    lengths = np.concatenate([request.lengths[indexes] for request, indexes in parts])
+    if len(parts) == 1:
+        request, indexes = parts[0]
+        flat, types_flat = request.tokens.ids, request.tokens.type_ids
+        starts = request.tokens.offsets[indexes]
+    else:
+        bases = np.cumsum([0] + [len(r.tokens.ids) for r, _ in parts[:-1]])
+        flat = np.concatenate([r.tokens.ids for r, _ in parts])
+        types_flat = None
+        if parts[0][0].tokens.type_ids is not None:
+            types_flat = np.concatenate([r.tokens.type_ids for r, _ in parts])
+        starts = np.concatenate([r.tokens.offsets[i] + b for (r, i), b in zip(parts, bases)])
+    width = max(int(lengths.max()), 1)
     if device.type == "cuda":
         width = -(-width // PAD_MULTIPLE) * PAD_MULTIPLE
-    lengths = np.fromiter((p.length for p in payloads), dtype=np.int64, count=n)
-    filled = np.arange(width) < lengths[:, None]
-    total = int(lengths.sum())
-    ids = np.full((n, width), pad_id, dtype=np.int64)
-    ids[filled] = np.fromiter(itertools.chain.from_iterable(p.ids for p in payloads), dtype=np.int64, count=total)
-    types = np.zeros((n, width), dtype=np.int64)
-    if payloads[0].type_ids is not None:
-        types[filled] = np.fromiter(
-            itertools.chain.from_iterable(p.type_ids for p in payloads), dtype=np.int64, count=total
-        )
-    mask = filled.astype(np.int64)
+    columns = np.arange(width)
+    filled = columns < lengths[:, None]
+    positions = np.where(filled, starts[:, None] + columns, 0)
+    stacked = np.zeros((3, len(lengths), width), dtype=np.int64)
+    if flat.size:
+        stacked[0] = np.where(filled, flat[positions], pad_id)
+        if types_flat is not None:
+            stacked[2] = np.where(filled, types_flat[positions], 0)
+    else:
+        stacked[0] = pad_id
+    stacked[1] = filled
     # One host-to-device copy for the three arrays. Pinning each batch's fresh host buffer
     # would cost more (a page-locking allocation) than the copy of a few hundred kilobytes.
-    stacked = torch.from_numpy(np.stack((ids, mask, types)))
+    tensor = torch.from_numpy(stacked)
     if device.type != "cpu":
-        stacked = stacked.to(device, non_blocking=True)
-    return PaddedBatch(stacked[0], stacked[1], stacked[2])
+        tensor = tensor.to(device, non_blocking=True)
+    return PaddedBatch(tensor[0], tensor[1], tensor[2])
 
 
 class ModelRunner:
@@ -74,12 +88,12 @@ class ModelRunner:
         self._kernels = _attention_backends if self._device.type == "cuda" else contextlib.nullcontext
         self._forward = model
         if cuda_graphs and self._device.type == "cuda":
-            from semserve.runtime.cuda_graphs import GraphedForward
+            from semserve.engine.runtime.cuda_graphs import GraphedForward
 
             self._forward = GraphedForward(model, self._device, model.max_tokens)
 
-    def prepare(self, payloads: Sequence[Encoded]) -> PaddedBatch:
-        return pad_batch(payloads, self._pad_id, self._device)
+    def prepare(self, parts: Sequence[BatchPart]) -> PaddedBatch:
+        return pad_parts(parts, self._pad_id, self._device)
 
     def run(self, batch: PaddedBatch) -> np.ndarray:
         with torch.inference_mode(), self._kernels():

@@ -1,37 +1,38 @@
-"""InfoService: what the server hosts and every limit it enforces."""
+"""InfoService: what the server hosts, every limit it enforces, and its front-end processes."""
 
 from __future__ import annotations
 
 from semserve import __version__
 from semserve.config import ServerConfig
-from semserve.registry import ENCODER, HostedModel, ModelRegistry
+from semserve.core.api import Core
+from semserve.core.types import ENCODER, ModelDescriptor
+from semserve.frontend.errors import unary_rpc
 from semserve_client.v1 import common_pb2, info_pb2, info_pb2_grpc
+
 
 def model_kind_proto(kind: str) -> int:
     return common_pb2.MODEL_KIND_ENCODER if kind == ENCODER else common_pb2.MODEL_KIND_CROSS_ENCODER
 
 
-def model_info(model: HostedModel, is_default: bool) -> info_pb2.ModelInfo:
-    s = model.stats
-    return info_pb2.ModelInfo(
+def model_info(model: ModelDescriptor) -> info_pb2.ModelInfo:
+    info = info_pb2.ModelInfo(
         name=model.name,
         kind=model_kind_proto(model.kind),
         dimension=model.dimension,
         max_tokens=model.max_tokens,
         devices=model.devices,
         dtype=model.dtype,
-        path=str(model.path),
-        is_default=is_default,
+        path=model.path,
+        is_default=model.is_default,
         pooling=model.pooling,
-        stats=info_pb2.ModelStats(
-            batches=s.batches,
-            items=s.items,
-            tokens=s.tokens,
-            padded_tokens=s.padded_tokens,
-            queued_items=model.batcher.queued_items,
-            rejected_requests=s.rejected_requests,
-        ),
     )
+    c = model.counters
+    if c is not None:
+        info.stats.CopyFrom(info_pb2.ModelStats(
+            batches=c.batches, items=c.items, tokens=c.tokens, padded_tokens=c.padded_tokens,
+            queued_items=c.queued_items, rejected_requests=c.rejected_requests,
+        ))
+    return info
 
 
 def limits_proto(config: ServerConfig) -> info_pb2.Limits:
@@ -53,13 +54,16 @@ def limits_proto(config: ServerConfig) -> info_pb2.Limits:
 
 
 class InfoServicer(info_pb2_grpc.InfoServiceServicer):
-    def __init__(self, registry: ModelRegistry, config: ServerConfig):
-        self._registry = registry
+    def __init__(self, core: Core, config: ServerConfig):
+        self._core = core
         self._config = config
 
+    @unary_rpc
     async def GetInfo(self, request, context):
+        info = await self._core.info()
         return info_pb2.GetInfoResponse(
             version=__version__,
-            models=[model_info(m, self._registry.is_default(m)) for m in self._registry],
+            models=[model_info(m) for m in info.models],
             limits=limits_proto(self._config),
+            frontends=[info_pb2.FrontendInfo(index=f.index, pid=f.pid, requests=f.requests) for f in info.frontends],
         )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, AsyncIterator, Awaitable, Callable
 
-from semserve.service.errors import status_for
+from semserve.frontend.errors import status_for
 from semserve_client.v1 import common_pb2
 
 _END = object()

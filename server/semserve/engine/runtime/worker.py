@@ -13,22 +13,24 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Protocol, Sequence
 
-from semserve.batching.items import BatchInfo, WorkItem
-from semserve.stats import ModelStats
+import numpy as np
+
+from semserve.engine.batching.requests import BatchPart, BatchStats
+from semserve.engine.stats import ModelStats
 
 
 class Runner(Protocol):
-    """Turns payloads into outputs on one device; both methods run on worker threads."""
+    """Turns batch parts into one output row per input on one device; both methods run on
+    worker threads."""
 
     device: str
 
-    def prepare(self, payloads: Sequence[Any]) -> Any: ...
+    def prepare(self, parts: Sequence[BatchPart]) -> Any: ...
 
-    def run(self, prepared: Any) -> Sequence[Any]: ...
+    def run(self, prepared: Any) -> np.ndarray: ...
 
 
 class DeviceWorker:
-    _next_batch_id = 0
 
     def __init__(self, runner: Runner, stats: ModelStats, pipeline_depth: int = 2):
         self.runner = runner
@@ -66,17 +68,17 @@ class DeviceWorker:
         self._prepare_pool.shutdown(wait=False, cancel_futures=True)
         self._compute_pool.shutdown(wait=False, cancel_futures=True)
 
-    async def process(self, batch: list[WorkItem]) -> None:
-        """Compute a batch whose slot the batcher reserved; resolve every item's future."""
+    async def process(self, batch: list[BatchPart]) -> None:
+        """Compute a batch whose slot the batcher reserved; resolve every request's part."""
         loop = asyncio.get_running_loop()
-        live: list[WorkItem] = []
+        live: list[BatchPart] = []
         try:
             live = _alive(batch)
             if not live:
                 return
-            prepared = await loop.run_in_executor(self._prepare_pool, self.runner.prepare, [i.payload for i in live])
+            prepared = await loop.run_in_executor(self._prepare_pool, self.runner.prepare, live)
             async with self._compute_lock:
-                # Items may have been cancelled or expired while waiting for the device:
+                # Requests may have been cancelled or expired while waiting for the device:
                 # drop them before compute, re-padding the survivors if any went.
                 still = _alive(live)
                 if not still:
@@ -84,35 +86,30 @@ class DeviceWorker:
                 if len(still) != len(live):
                     live = still
                     prepared = None
-                payloads = [i.payload for i in live]
                 started = time.monotonic()
-                outputs = await loop.run_in_executor(self._compute_pool, self._compute, prepared, payloads)
+                outputs = await loop.run_in_executor(self._compute_pool, self._compute, prepared, live)
                 elapsed = time.monotonic() - started
-            DeviceWorker._next_batch_id += 1
-            longest = max(i.tokens for i in live)
-            info = BatchInfo(
-                batch_id=DeviceWorker._next_batch_id,
-                size=len(live),
-                padded_tokens=longest * len(live),
-                real_tokens=sum(i.tokens for i in live),
-                started_at=started,
-                inference_time_s=elapsed,
-            )
+            lengths = [request.lengths[indexes] for request, indexes in live]
+            size = sum(len(x) for x in lengths)
+            real = int(sum(int(x.sum()) for x in lengths))
+            info = BatchStats(size, real, size * max(int(x.max()) for x in lengths), started, elapsed)
             self.stats.record_batch(info.size, info.real_tokens, info.padded_tokens, elapsed)
-            for item, out in zip(live, outputs):
-                item.group.resolve(item.index, out, info, started - item.enqueued_at)
+            row = 0
+            for request, indexes in live:
+                request.resolve(indexes, outputs[row:row + len(indexes)], info)
+                row += len(indexes)
         except Exception as exc:  # a failed batch fails its requests, never the worker
-            for item in live:
-                item.group.fail(exc)
+            for request, _ in live:
+                request.fail(exc)
         finally:
             self.release_slot()
 
-    def _compute(self, prepared: Any, payloads: Sequence[Any]) -> Sequence[Any]:
+    def _compute(self, prepared: Any, parts: Sequence[BatchPart]) -> np.ndarray:
         if prepared is None:
-            prepared = self.runner.prepare(payloads)
+            prepared = self.runner.prepare(parts)
         return self.runner.run(prepared)
 
 
-def _alive(items: list[WorkItem]) -> list[WorkItem]:
+def _alive(parts: list[BatchPart]) -> list[BatchPart]:
     now = time.monotonic()
-    return [i for i in items if not i.is_dead(now)]
+    return [p for p in parts if not p[0].is_dead(now)]

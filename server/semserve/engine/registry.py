@@ -6,37 +6,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from semserve.batching import DynamicBatcher
 from semserve.config import BatchingConfig, ModelSpec
-from semserve.runtime.devices import dtype_name, resolve_dtype
-from semserve.runtime.runners import ModelRunner
-from semserve.runtime.tokenization import TextTokenizer
-from semserve.runtime.worker import DeviceWorker
-from semserve.stats import ModelStats
+from semserve.core.errors import AlreadyExists, ModelNotFound, NoModelOfKind, WrongModelKind
+from semserve.core.types import CROSS_ENCODER, ENCODER, ModelCounters, ModelDescriptor, TokenizerSpec
+from semserve.engine.batching import DynamicBatcher
+from semserve.engine.runtime.devices import dtype_name, resolve_dtype
+from semserve.engine.runtime.runners import ModelRunner
+from semserve.engine.runtime.worker import DeviceWorker
+from semserve.engine.stats import ModelStats
+from semserve.models.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 
-ENCODER = "encoder"
-CROSS_ENCODER = "cross_encoder"
 _FLAG_FOR_KIND = {ENCODER: "--encoder", CROSS_ENCODER: "--reranker"}
 _KIND_WORDS = {ENCODER: "encoder (bi-encoder)", CROSS_ENCODER: "cross-encoder"}
 
 
-class ModelNotFound(LookupError):
-    """No model of that name; the service answers NOT_FOUND."""
-
-
-class NoModelOfKind(LookupError):
-    """The RPC needs a kind of model the server does not host; FAILED_PRECONDITION."""
-
-
-class WrongModelKind(ValueError):
-    """The named model exists but is of the other kind; INVALID_ARGUMENT."""
+_LOAD_IDS = itertools.count(1)
 
 
 @dataclass
@@ -44,7 +36,7 @@ class HostedModel:
     name: str
     kind: str
     path: Path
-    tokenizer: TextTokenizer
+    tokenizer: TokenizerSpec
     batcher: DynamicBatcher
     stats: ModelStats
     devices: list[str]
@@ -55,6 +47,7 @@ class HostedModel:
     pooling: str = ""
     # The loaded modules, one per device (kept for heads that act after the batch, e.g. activation).
     replicas: list[Any] = field(default_factory=list)
+    load_id: int = 0
     # Requests currently using this model; an unload waits for them so none is lost.
     active_requests: int = 0
     _idle: asyncio.Event | None = None
@@ -105,7 +98,8 @@ def load_model(
             raise ValueError(f"unknown model kind {spec.kind!r}")
         replicas.append(model)
     first = replicas[0]
-    tokenizer = TextTokenizer(first.tokenizer, first.max_tokens, getattr(first, "lowercase", False))
+    load_id = next(_LOAD_IDS)
+    tokenizer = tokenizer_spec(spec.name, load_id, first)
     for model in replicas:
         workers.append(
             DeviceWorker(ModelRunner(model, tokenizer.pad_id, cuda_graphs), stats, batching.worker_pipeline_depth)
@@ -129,6 +123,32 @@ def load_model(
         dimension=first.dimension if spec.kind == ENCODER else first.num_labels,
         pooling=getattr(first, "pooling", "") if spec.kind == ENCODER else "",
         replicas=replicas,
+        load_id=load_id,
+    )
+
+
+def tokenizer_spec(name: str, load_id: int, model) -> TokenizerSpec:
+    """The model's fast tokenizer as JSON, so front ends tokenize without loading the model."""
+    hf_tokenizer = model.tokenizer
+    backend = getattr(hf_tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise ModelLoadError(f"model {name!r}: a fast (Rust) tokenizer is required: the folder needs a tokenizer.json")
+    return TokenizerSpec(
+        name=name, load_id=load_id, tokenizer_json=backend.to_str(), max_tokens=model.max_tokens,
+        lowercase=bool(getattr(model, "lowercase", False)), pad_id=hf_tokenizer.pad_token_id or 0,
+    )
+
+
+def describe(model: HostedModel, is_default: bool, with_counters: bool = False) -> ModelDescriptor:
+    counters = None
+    if with_counters:
+        s = model.stats
+        counters = ModelCounters(s.batches, s.items, s.tokens, s.padded_tokens, model.batcher.queued_items,
+                                 s.rejected_requests)
+    return ModelDescriptor(
+        name=model.name, kind=model.kind, load_id=model.load_id, dimension=model.dimension,
+        max_tokens=model.max_tokens, devices=list(model.devices), dtype=model.dtype, path=str(model.path),
+        pooling=model.pooling, is_default=is_default, counters=counters,
     )
 
 
@@ -141,7 +161,7 @@ class ModelRegistry:
 
     def reserve(self, name: str) -> None:
         if name in self._models or name in self._reserved:
-            raise ValueError(f"a model named {name!r} is already loaded or loading")
+            raise AlreadyExists(f"a model named {name!r} is already loaded or loading")
         self._reserved.add(name)
 
     def release(self, name: str) -> None:
@@ -149,7 +169,7 @@ class ModelRegistry:
 
     def add(self, model: HostedModel) -> None:
         if model.name in self._models:
-            raise ValueError(f"a model named {model.name!r} is already loaded")
+            raise AlreadyExists(f"a model named {model.name!r} is already loaded")
         self._models[model.name] = model
         self._defaults.setdefault(model.kind, model.name)
 
@@ -178,6 +198,13 @@ class ModelRegistry:
             raise ModelNotFound(f"no model named {name!r}; loaded models: {known}")
         if model.kind != kind:
             raise WrongModelKind(f"model {name!r} is a {_KIND_WORDS[model.kind]}, this call needs a {_KIND_WORDS[kind]}")
+        return model
+
+    def find(self, name: str) -> HostedModel:
+        """The model of that name, whatever its kind."""
+        model = self._models.get(name)
+        if model is None:
+            raise ModelNotFound(f"no model named {name!r}")
         return model
 
     def is_default(self, model: HostedModel) -> bool:

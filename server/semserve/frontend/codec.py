@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from semserve.service.errors import invalid_argument
+from semserve.frontend.errors import invalid_argument
 from semserve_client.v1 import common_pb2
 
 FLOAT_LIST = common_pb2.EMBEDDING_FORMAT_FLOAT_LIST
@@ -31,9 +31,3 @@ def to_messages(matrix: np.ndarray, fmt: int) -> list[common_pb2.Embedding]:
         rows = np.ascontiguousarray(matrix, dtype=dtype)
         return [common_pb2.Embedding(data=row.tobytes()) for row in rows]
     return [common_pb2.Embedding(values=row) for row in matrix.tolist()]
-
-
-def l2_normalize(matrix: np.ndarray) -> np.ndarray:
-    """Same as torch.nn.functional.normalize (eps 1e-12), which sentence-transformers uses."""
-    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    return matrix / np.maximum(norms, 1e-12)

@@ -1,0 +1,182 @@
+"""What crosses the core API: flat arrays and small records, never per-text objects.
+
+Everything here pickles cheaply (NumPy arrays travel as out-of-band buffers over IPC), so the
+same values serve the in-process core and the cross-process one.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+ENCODER = "encoder"
+CROSS_ENCODER = "cross_encoder"
+COSINE = "cosine"
+DOT = "dot"
+# Collection names: also folder names under the data dir, so nothing that could escape it.
+COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+@dataclass(slots=True)
+class TokenBatch:
+    """Token ids of a request's inputs, flat: input i is ``ids[offsets[i]:offsets[i + 1]]``.
+
+    As TEI's queue hands its backend ``input_ids`` and cumulative lengths, one request is three
+    arrays whatever its size, so the engine's Python work is per request, not per text.
+    ``type_ids`` (segment ids) is present for (query, document) pairs only.
+    """
+
+    ids: np.ndarray  # int32, (total,)
+    offsets: np.ndarray  # int64, (n + 1,)
+    type_ids: np.ndarray | None = None  # int8, (total,)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def total_tokens(self) -> int:
+        return int(self.offsets[-1])
+
+    @staticmethod
+    def from_lists(ids: list[list[int]], type_ids: list[list[int]] | None = None) -> "TokenBatch":
+        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+        offsets = np.zeros(len(ids) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        flat = np.fromiter((t for x in ids for t in x), dtype=np.int32, count=int(offsets[-1]))
+        types = None
+        if type_ids is not None:
+            types = np.fromiter((t for x in type_ids for t in x), dtype=np.int8, count=int(offsets[-1]))
+        return TokenBatch(flat, offsets, types)
+
+
+@dataclass(slots=True)
+class Timing:
+    """Where a request's time went; the front end adds tokenization and the total."""
+
+    queue_s: float = 0.0
+    tokenization_s: float = 0.0
+    inference_s: float = 0.0
+    # Time between the front end and the engine: round trips less the engine's own time.
+    transport_s: float = 0.0
+    compute_tokens: int = 0
+    padded_tokens: int = 0
+    batches: int = 0
+
+    def merge(self, other: "Timing") -> None:
+        self.queue_s = max(self.queue_s, other.queue_s)
+        self.tokenization_s += other.tokenization_s
+        self.inference_s += other.inference_s
+        self.transport_s += other.transport_s
+        self.compute_tokens += other.compute_tokens
+        self.padded_tokens += other.padded_tokens
+        self.batches += other.batches
+
+
+@dataclass(slots=True)
+class EncodeResult:
+    vectors: np.ndarray  # float32 (n, dimension), not normalised unless the model's folder does it
+    timing: Timing
+
+
+@dataclass(slots=True)
+class ScoreResult:
+    scores: np.ndarray  # float32 (n,) for one label, (n, labels) otherwise
+    timing: Timing
+
+
+@dataclass(slots=True)
+class ModelCounters:
+    batches: int = 0
+    items: int = 0
+    tokens: int = 0
+    padded_tokens: int = 0
+    queued_items: int = 0
+    rejected_requests: int = 0
+
+
+@dataclass(slots=True)
+class ModelDescriptor:
+    """A hosted model as callers see it. ``load_id`` changes when a name is loaded again."""
+
+    name: str
+    kind: str
+    load_id: int
+    dimension: int
+    max_tokens: int
+    devices: list[str]
+    dtype: str
+    path: str
+    pooling: str
+    is_default: bool
+    counters: ModelCounters | None = None
+
+
+@dataclass(slots=True)
+class TokenizerSpec:
+    """Everything a front end needs to tokenize for a model without loading it."""
+
+    name: str
+    load_id: int
+    tokenizer_json: str
+    max_tokens: int
+    lowercase: bool
+    pad_id: int
+
+
+@dataclass(slots=True)
+class ModelTable:
+    epoch: int
+    models: list[ModelDescriptor]
+
+
+@dataclass(slots=True)
+class CollectionDescriptor:
+    name: str
+    model: str
+    dimension: int
+    metric: str
+    count: int = 0
+    shards: int = 0
+    devices: list[str] = field(default_factory=list)
+    bytes: int = 0
+    dtype: str = ""
+    durable: bool = False
+
+
+@dataclass(slots=True)
+class Hit:
+    id: str
+    score: float
+    text: str = ""
+    metadata: dict[str, str] | None = None
+    # False when the document was deleted between scoring and reading its text.
+    present: bool = True
+
+
+@dataclass(slots=True)
+class StoredDocument:
+    id: str
+    text: str
+    metadata: dict[str, str]
+    embedding: np.ndarray | None = None
+
+
+@dataclass(slots=True)
+class FrontendCounters:
+    """What one front-end process reports about itself (for GetInfo and metrics)."""
+
+    index: int
+    pid: int
+    requests: int = 0
+
+
+@dataclass(slots=True)
+class EngineInfo:
+    models: list[ModelDescriptor]
+    frontends: list[FrontendCounters]

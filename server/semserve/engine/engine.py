@@ -1,0 +1,283 @@
+"""The engine: models, their batchers and device workers, and the collection store.
+
+``Engine`` is the in-process implementation of the core API (core/api.py). A single-process
+server calls it directly; ``semserve serve --frontends N`` runs it in its own process behind
+the IPC endpoint (ipc/endpoint.py), and front ends reach it through ``RemoteCore``. Either way
+it receives token ids, never text to tokenize, and its Python work is per request and per
+batch: requests are queued whole and batches are cut from arrays of lengths.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+from semserve.config import ModelSpec, ServerConfig
+from semserve.core.errors import FailedPrecondition, InvalidArgument
+from semserve.core.types import (
+    COSINE,
+    CROSS_ENCODER,
+    DOT,
+    ENCODER,
+    CollectionDescriptor,
+    EncodeResult,
+    EngineInfo,
+    FrontendCounters,
+    Hit,
+    ModelDescriptor,
+    ModelTable,
+    ScoreResult,
+    StoredDocument,
+    TokenBatch,
+    TokenizerSpec,
+)
+from semserve.engine.batching import QueuedRequest
+from semserve.engine.registry import HostedModel, ModelRegistry, describe, load_model
+from semserve.engine.runtime.devices import resolve_devices
+from semserve.models.errors import ModelLoadError
+from semserve.search.collection import Collection
+from semserve.search.store import CollectionStore
+
+log = logging.getLogger(__name__)
+
+METRICS = (COSINE, DOT)
+
+
+class Engine:
+    def __init__(self, config: ServerConfig):
+        config.validate()
+        self.config = config
+        self.devices = resolve_devices(config.device)
+        self.registry = ModelRegistry()
+        self.store = CollectionStore(config.search, self.devices)
+        self.models_epoch = 0
+        self._pool = ThreadPoolExecutor(config.search.threads, thread_name_prefix="search")
+        self._frontends: dict[int, FrontendCounters] = {}
+        self._maintenance: asyncio.Task | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def load_models(self) -> None:
+        """Load every configured model (blocking; before serving)."""
+        cfg = self.config
+        for spec in (*cfg.encoders, *cfg.rerankers):
+            self.registry.add(load_model(spec, self.devices, cfg.dtype, cfg.batching, cfg.cuda_graphs))
+        self.models_epoch += 1
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        if not len(self.registry):
+            await loop.run_in_executor(None, self.load_models)
+        for model in self.registry:
+            model.batcher.start()
+        # Collections are recovered (snapshot + log replay) before anything is served.
+        await loop.run_in_executor(self._pool, self.store.open)
+        self._maintenance = loop.create_task(self._maintain_forever())
+
+    async def stop(self) -> None:
+        """Stop maintenance, close the store cleanly (snapshots, logs), stop every batcher."""
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+        await asyncio.get_running_loop().run_in_executor(self._pool, self.store.close)
+        self._pool.shutdown(wait=False)
+        await self.registry.stop_all()
+
+    async def _maintain_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.store.config.maintenance_interval_s)
+            try:
+                await loop.run_in_executor(self._pool, self.store.maintain)
+            except Exception:  # keep maintaining; the next round retries
+                log.exception("search maintenance failed")
+
+    def summary(self) -> str:
+        models = ", ".join(f"{m.name} ({m.kind}, dim {m.dimension}, max_tokens {m.max_tokens})" for m in self.registry)
+        return f"models: {models}; devices: {', '.join(self.devices)}"
+
+    async def _blocking(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    # -- models ----------------------------------------------------------------------------
+
+    async def models(self) -> ModelTable:
+        return ModelTable(self.models_epoch, [describe(m, self.registry.is_default(m)) for m in self.registry])
+
+    async def tokenizer(self, model: str) -> TokenizerSpec:
+        return self.registry.find(model).tokenizer
+
+    async def load_model(self, name: str, kind: str, path: str) -> ModelDescriptor:
+        if kind not in (ENCODER, CROSS_ENCODER):
+            raise InvalidArgument(f"unknown model kind {kind!r}")
+        self.registry.reserve(name)
+        try:
+            spec = ModelSpec.parse(f"{name}={path}", kind)
+            cfg = self.config
+            try:
+                model = await asyncio.get_running_loop().run_in_executor(
+                    None, load_model, spec, self.devices, cfg.dtype, cfg.batching, cfg.cuda_graphs
+                )
+            except ModelLoadError as exc:
+                raise FailedPrecondition(f"cannot load {path}: {exc}") from None
+            model.batcher.start()
+            self.registry.add(model)
+            self.models_epoch += 1
+        finally:
+            self.registry.release(name)
+        log.info("loaded %s (%s) from %s", model.name, model.kind, model.path)
+        return describe(model, self.registry.is_default(model))
+
+    async def unload_model(self, name: str) -> None:
+        model = self.registry.remove(name)
+        self.models_epoch += 1
+        grace = self.config.grace_period_s
+        if not await model.wait_idle(grace):
+            log.warning("unloading %s with %d request(s) still running after %.0fs", name, model.active_requests, grace)
+        await model.batcher.stop()
+        model.replicas.clear()
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        log.info("unloaded %s", name)
+
+    # -- inference -------------------------------------------------------------------------
+
+    async def _run(self, model: HostedModel, tokens: TokenBatch, deadline: float | None) -> QueuedRequest:
+        if not len(tokens):
+            raise InvalidArgument("no inputs given")
+        longest = int(tokens.lengths.max())
+        if longest > model.max_tokens:
+            raise InvalidArgument(f"an input has {longest} tokens, over model {model.name!r}'s max_tokens {model.max_tokens}")
+        with model.in_use():
+            future = model.batcher.submit(tokens, deadline)
+            try:
+                return await future
+            finally:
+                if not future.done():  # the call was cancelled: its queued inputs are dropped
+                    future.cancel()
+
+    async def encode(self, model: str, tokens: TokenBatch, deadline: float | None) -> EncodeResult:
+        request = await self._run(self.registry.get(model, ENCODER), tokens, deadline)
+        return EncodeResult(request.outputs.astype(np.float32, copy=False), request.timing)
+
+    async def score(self, model: str, tokens: TokenBatch, raw: bool, deadline: float | None) -> ScoreResult:
+        hosted = self.registry.get(model, CROSS_ENCODER)
+        request = await self._run(hosted, tokens, deadline)
+        head = hosted.replicas[0]
+        logits = torch.from_numpy(request.outputs)
+        scores = (head.raw_scores(logits) if raw else head.activate(logits)).float().numpy()
+        return ScoreResult(scores, request.timing)
+
+    # -- collections -----------------------------------------------------------------------
+
+    def _describe(self, collection: Collection) -> CollectionDescriptor:
+        spec, d = collection.spec, collection.describe()
+        return CollectionDescriptor(
+            name=spec.name, model=spec.model, dimension=spec.dimension, metric=spec.metric, count=d["count"],
+            shards=d["shards"], devices=d["devices"], bytes=d["bytes"], dtype=d["dtype"], durable=self.store.durable,
+        )
+
+    async def create_collection(self, name: str, model: str, dimension: int, metric: str) -> CollectionDescriptor:
+        if metric not in METRICS:
+            raise InvalidArgument(f"unknown metric {metric!r}")
+        if dimension < 1:
+            raise InvalidArgument(f"dimension must be at least 1, got {dimension}")
+        if model:
+            hosted = self.registry.get(model, ENCODER)
+            if hosted.dimension != dimension:
+                raise InvalidArgument(f"dimension {dimension} does not match model {model!r}'s {hosted.dimension}")
+        collection = await self._blocking(self.store.create, name, model, dimension, metric)
+        return self._describe(collection)
+
+    async def drop_collection(self, name: str) -> None:
+        await self._blocking(self.store.drop, name)
+
+    async def list_collections(self) -> list[CollectionDescriptor]:
+        return [self._describe(c) for c in self.store.list()]
+
+    async def get_collection(self, name: str) -> CollectionDescriptor:
+        return self._describe(self.store.get(name))
+
+    async def upsert(
+        self, collection: str, ids: list[str], texts: list[str], metadata: list[dict[str, str]],
+        vectors: np.ndarray, wait_durable: bool = True,
+    ) -> int:
+        target = self.store.get(collection)
+        dimension = target.spec.dimension
+        if vectors.shape != (len(ids), dimension) or len(texts) != len(ids) or len(metadata) != len(ids):
+            raise InvalidArgument(
+                f"{len(ids)} documents need {len(ids)} vectors of dimension {dimension}, got shape {vectors.shape}"
+            )
+
+        def write() -> None:
+            ticket = target.upsert(ids, texts, metadata, vectors)
+            if wait_durable:
+                ticket.wait()
+
+        await self._blocking(write)
+        return len(ids)
+
+    async def sync(self, collection: str) -> None:
+        target = self.store.get(collection)
+        await self._blocking(lambda: target.pending_writes().wait())
+
+    async def delete(self, collection: str, ids: list[str]) -> int:
+        target = self.store.get(collection)
+
+        def delete() -> int:
+            count, ticket = target.delete(ids)
+            ticket.wait()
+            return count
+
+        return await self._blocking(delete)
+
+    async def get_documents(
+        self, collection: str, ids: list[str], include_embeddings: bool
+    ) -> tuple[list[StoredDocument], list[str]]:
+        target = self.store.get(collection)
+        found, missing = await self._blocking(target.get, ids, include_embeddings)
+        return [StoredDocument(i, t, m, v) for i, t, m, v in found], missing
+
+    async def search(
+        self, collection: str, queries: np.ndarray, top_k: int, where: dict[str, str],
+        include_text: bool, include_metadata: bool,
+    ) -> list[list[Hit]]:
+        target = self.store.get(collection)
+        if queries.ndim != 2 or queries.shape[1] != target.spec.dimension:
+            raise InvalidArgument(
+                f"query vectors have shape {queries.shape}; the collection's dimension is {target.spec.dimension}"
+            )
+
+        def search() -> list[list[Hit]]:
+            hits = target.search(queries, top_k, where)
+            if not (include_text or include_metadata):
+                return [[Hit(doc_id, score) for doc_id, score in q] for q in hits]
+            documents = target.documents
+            out = []
+            for q in hits:
+                row = []
+                for doc_id, score in q:
+                    doc = documents.get(doc_id)
+                    if doc is None:  # deleted since scoring: keep the hit, without text
+                        row.append(Hit(doc_id, score, present=False))
+                    else:
+                        row.append(Hit(doc_id, score, doc[0] if include_text else "",
+                                       doc[1] if include_metadata else None))
+                out.append(row)
+            return out
+
+        return await self._blocking(search)
+
+    # -- info ------------------------------------------------------------------------------
+
+    async def info(self) -> EngineInfo:
+        models = [describe(m, self.registry.is_default(m), with_counters=True) for m in self.registry]
+        return EngineInfo(models, [self._frontends[i] for i in sorted(self._frontends)])
+
+    async def report_frontend(self, counters: FrontendCounters) -> None:
+        self._frontends[counters.index] = counters

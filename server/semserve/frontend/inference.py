@@ -1,0 +1,98 @@
+"""The path every model call takes in the front end: find the model, tokenize (off the event
+loop for long requests), check lengths, then one core call with the flat token batch."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from semserve.core.api import Core
+from semserve.core.types import CROSS_ENCODER, ENCODER, ModelDescriptor, Timing
+from semserve.frontend.errors import invalid_argument
+from semserve.frontend.models import ModelDirectory
+from semserve.frontend.tokenization import TextInput, TextTokenizer, Tokenized
+
+# How many offending indexes an error message lists before summarising.
+_LISTED = 5
+# Requests up to this many characters are tokenized on the event loop (tens of microseconds).
+INLINE_TOKENIZE_CHARS = 1024
+
+
+def _chars(inputs: Sequence[TextInput]) -> int:
+    return sum(len(x) if isinstance(x, str) else len(x[0]) + len(x[1]) for x in inputs)
+
+
+def deadline_of(context) -> float | None:
+    """The call's deadline on the monotonic clock, or None when the client set none."""
+    remaining = context.time_remaining() if context is not None else None
+    return None if remaining is None else time.monotonic() + remaining
+
+
+def l2_normalize(matrix: np.ndarray) -> np.ndarray:
+    """Same as torch.nn.functional.normalize (eps 1e-12), which sentence-transformers uses."""
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    return matrix / np.maximum(norms, 1e-12)
+
+
+@dataclass
+class Outcome:
+    model: ModelDescriptor
+    values: np.ndarray
+    tokenized: Tokenized
+    timing: Timing
+
+
+class Inference:
+    def __init__(self, core: Core, models: ModelDirectory, tokenize_pool: Executor):
+        self.core = core
+        self.models = models
+        self._pool = tokenize_pool
+
+    async def tokenize(
+        self, model: ModelDescriptor, tokenizer: TextTokenizer, inputs: Sequence[TextInput], truncate: bool, what: str
+    ) -> tuple[Tokenized, float]:
+        started = time.monotonic()
+        if _chars(inputs) <= INLINE_TOKENIZE_CHARS:
+            # A thread hop costs more than tokenizing a few short texts on the loop itself.
+            tokenized = tokenizer.encode(inputs, truncate)
+        else:
+            tokenized = await asyncio.get_running_loop().run_in_executor(self._pool, tokenizer.encode, inputs, truncate)
+        if not truncate:
+            lengths = tokenized.batch.lengths
+            over = np.flatnonzero(lengths > model.max_tokens).tolist()
+            if over:
+                listed = ", ".join(f"{what} {i} has {lengths[i]} tokens" for i in over[:_LISTED])
+                more = f" and {len(over) - _LISTED} more" if len(over) > _LISTED else ""
+                raise invalid_argument(
+                    f"{listed}{more}, over model {model.name!r}'s max_tokens {model.max_tokens}; "
+                    "shorten it or send truncate=true"
+                )
+        return tokenized, time.monotonic() - started
+
+    async def embed(
+        self, model_name: str, texts: Sequence[str], truncate: bool, normalize: bool, deadline: float | None
+    ) -> Outcome:
+        """Embeddings as a float32 matrix, normalised per request when asked."""
+        model, tokenizer = await self.models.get(model_name, ENCODER)
+        tokenized, tokenization_s = await self.tokenize(model, tokenizer, texts, truncate, "text")
+        result = await self.core.encode(model.name, tokenized.batch, deadline)
+        result.timing.tokenization_s += tokenization_s
+        vectors = l2_normalize(result.vectors) if normalize else result.vectors
+        return Outcome(model, vectors, tokenized, result.timing)
+
+    async def score(
+        self, model_name: str, query: str, documents: Sequence[str], truncate: bool, raw: bool,
+        deadline: float | None,
+    ) -> Outcome:
+        """One relevance score per document, in input order."""
+        model, tokenizer = await self.models.get(model_name, CROSS_ENCODER)
+        pairs = [(query, d) for d in documents]
+        tokenized, tokenization_s = await self.tokenize(model, tokenizer, pairs, truncate, "pair")
+        result = await self.core.score(model.name, tokenized.batch, raw, deadline)
+        result.timing.tokenization_s += tokenization_s
+        return Outcome(model, result.scores, tokenized, result.timing)

@@ -1,0 +1,82 @@
+"""The front end's view of the hosted models: descriptors and tokenizers, kept in step with the
+engine through its models epoch.
+
+A model loaded through any front end bumps the engine's epoch; every reply carries it, and the
+next lookup here refreshes the table. A name this table does not know is looked up again before
+a request fails, so a model loaded a moment ago through another front end is found at once; an
+unloaded one is refused by the engine itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from semserve.core.api import Core
+from semserve.core.errors import ModelNotFound, NoModelOfKind, WrongModelKind
+from semserve.core.types import CROSS_ENCODER, ENCODER, ModelDescriptor
+from semserve.frontend.tokenization import TextTokenizer
+
+_FLAG_FOR_KIND = {ENCODER: "--encoder", CROSS_ENCODER: "--reranker"}
+_KIND_WORDS = {ENCODER: "encoder (bi-encoder)", CROSS_ENCODER: "cross-encoder"}
+
+
+class ModelDirectory:
+    def __init__(self, core: Core):
+        self._core = core
+        self._epoch = -1
+        self._models: dict[str, ModelDescriptor] = {}
+        self._tokenizers: dict[tuple[str, int], TextTokenizer] = {}
+        self._refreshing: asyncio.Future | None = None
+
+    async def refresh(self) -> None:
+        """Fetch the model table (one fetch at a time; concurrent callers share it)."""
+        if self._refreshing is not None:
+            await asyncio.shield(self._refreshing)
+            return
+        self._refreshing = asyncio.get_running_loop().create_future()
+        try:
+            table = await self._core.models()
+            self._models = {m.name: m for m in table.models}
+            self._epoch = table.epoch
+            live = {(m.name, m.load_id) for m in table.models}
+            self._tokenizers = {k: v for k, v in self._tokenizers.items() if k in live}
+            self._refreshing.set_result(None)
+        except BaseException as exc:
+            self._refreshing.set_exception(exc)
+            self._refreshing.exception()  # retrieved: concurrent waiters re-raise it themselves
+            raise
+        finally:
+            self._refreshing = None
+
+    def all(self) -> list[ModelDescriptor]:
+        return list(self._models.values())
+
+    async def get(self, name: str, kind: str) -> tuple[ModelDescriptor, TextTokenizer]:
+        """The model a request names (empty: the default of ``kind``) and its tokenizer."""
+        if self._epoch != self._core.models_epoch or not self._find(name, kind, raising=False):
+            await self.refresh()
+        model = self._find(name, kind, raising=True)
+        key = (model.name, model.load_id)
+        tokenizer = self._tokenizers.get(key)
+        if tokenizer is None:
+            spec = await self._core.tokenizer(model.name)
+            tokenizer = self._tokenizers[key] = TextTokenizer(spec)
+        return model, tokenizer
+
+    def _find(self, name: str, kind: str, raising: bool) -> ModelDescriptor | None:
+        if not name:
+            model = next((m for m in self._models.values() if m.kind == kind and m.is_default), None)
+            if model is None and raising:
+                raise NoModelOfKind(
+                    f"this server hosts no {_KIND_WORDS[kind]}; start it with {_FLAG_FOR_KIND[kind]} DIR to load one"
+                )
+            return model
+        model = self._models.get(name)
+        if model is None:
+            if raising:
+                known = ", ".join(f"{m.name} ({m.kind})" for m in self._models.values()) or "none"
+                raise ModelNotFound(f"no model named {name!r}; loaded models: {known}")
+            return None
+        if model.kind != kind and raising:
+            raise WrongModelKind(f"model {name!r} is a {_KIND_WORDS[model.kind]}, this call needs a {_KIND_WORDS[kind]}")
+        return model
