@@ -9,9 +9,8 @@ import grpc
 import numpy as np
 import pytest
 
-from conftest import BUNDLED_NAME, server_config
+from conftest import BUNDLED_NAME, server_config, start_server
 from semserve.config import ModelSpec
-from semserve.server import start_in_background
 from semserve_client import SemserveClient
 from semserve_client.v1 import common_pb2, encoder_pb2, info_pb2
 
@@ -21,7 +20,7 @@ AUTH = (("authorization", f"Bearer {TOKEN}"),)
 
 @pytest.fixture(scope="module")
 def admin_server():
-    handle = start_in_background(server_config(admin_token=TOKEN, max_batch_size=4, max_queue_delay_us=0))
+    handle = start_server(server_config(admin_token=TOKEN, max_batch_size=4, max_queue_delay_us=0))
     yield handle
     handle.stop()
 
@@ -87,12 +86,15 @@ def test_load_serve_beside_the_base_and_unload_losing_no_request(admin_server, t
                 )
                 for i in range(12)
             ]
-            tiny = admin_server.server.registry.get("tiny", "encoder")
             deadline = time.monotonic() + 30
-            # wait until every request has reached the server (running there, or already answered)
-            while tiny.active_requests + sum(f.done() for f in in_flight) < 12 and time.monotonic() < deadline:
+
+            def active() -> int:
+                return next(m.stats.active_requests for m in c.info().models if m.name == "tiny")
+
+            # wait until every request has reached the engine (running there, or already answered)
+            while active() + sum(f.done() for f in in_flight) < 12 and time.monotonic() < deadline:
                 time.sleep(0.002)
-            assert tiny.active_requests >= 2, "the unload must meet requests in flight"
+            assert active() >= 2, "the unload must meet requests in flight"
             unload(c, "tiny")
             results = [f.result() for f in in_flight]  # every one of them is answered
             assert all(r.dimension == 256 and len(r.embeddings) == 64 for r in results)
@@ -126,7 +128,7 @@ def test_load_and_unload_errors(admin_server, tiny_folder, tmp_path):
 
 
 def test_a_loaded_model_embeds_like_a_model_loaded_at_start(admin_server, tiny_folder):
-    handle = start_in_background(server_config(encoders=[ModelSpec("tiny", tiny_folder, "encoder")]))
+    handle = start_server(server_config(encoders=[ModelSpec("tiny", tiny_folder, "encoder")]))
     try:
         with SemserveClient(handle.address) as at_start, SemserveClient(admin_server.address) as c:
             load(c, "tiny2", tiny_folder)

@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from conftest import BUNDLED_NAME, server_config
+from conftest import BUNDLED_NAME, server_config, start_server
 from semserve.config import ModelSpec
-from semserve.server import start_in_background
 from semserve_client import SemserveClient
 from semserve_client.v1 import common_pb2, encoder_pb2
 
@@ -41,7 +40,7 @@ def test_tiny_dense_model_parity_with_sentence_transformers(tmp_path_factory):
     from model_factory import make_tiny_st_encoder
 
     folder = make_tiny_st_encoder(tmp_path_factory.mktemp("tiny-st"))
-    handle = start_in_background(server_config(encoders=[ModelSpec("tiny", folder, "encoder")]))
+    handle = start_server(server_config(encoders=[ModelSpec("tiny", folder, "encoder")]))
     try:
         with SemserveClient(handle.address) as c:
             got = c.embed(TEXTS, normalize=False)
@@ -69,7 +68,7 @@ def test_normalize_is_on_by_default_and_can_be_turned_off(tmp_path_factory):
     from model_factory import make_tiny_st_encoder
 
     folder = make_tiny_st_encoder(tmp_path_factory.mktemp("tiny-norm"))
-    handle = start_in_background(server_config(encoders=[ModelSpec("tiny", folder, "encoder")]))
+    handle = start_server(server_config(encoders=[ModelSpec("tiny", folder, "encoder")]))
     try:
         with SemserveClient(handle.address) as c:
             normed = c.embed(["some text"]).vectors

@@ -121,10 +121,10 @@ def rerank_server(tmp_path_factory):
     from conftest import server_config
     from model_factory import make_tiny_cross_encoder
     from semserve.config import ModelSpec
-    from semserve.server import start_in_background
+    from conftest import start_server
 
     folder = make_tiny_cross_encoder(tmp_path_factory.mktemp("node-ce"), num_labels=1, seed=3)
-    handle = start_in_background(server_config(rerankers=[ModelSpec("ce", folder, "cross_encoder")]))
+    handle = start_server(server_config(rerankers=[ModelSpec("ce", folder, "cross_encoder")]))
     yield handle
     handle.stop()
 

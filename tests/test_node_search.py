@@ -11,9 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import server_config
+from conftest import server_config, start_server
 from semserve.config import ModelSpec, SearchConfig
-from semserve.server import start_in_background
 from semserve_client import SemserveClient
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +33,7 @@ TEXTS = ["the cat sat on the mat", "dogs bark at night", "stocks fell sharply", 
 def served(tmp_path_factory):
     from model_factory import make_tiny_cross_encoder, make_tiny_st_encoder
 
-    handle = start_in_background(
+    handle = start_server(
         server_config(
             encoders=[ModelSpec("tiny", make_tiny_st_encoder(tmp_path_factory.mktemp("enc")), "encoder")],
             rerankers=[ModelSpec("ce", make_tiny_cross_encoder(tmp_path_factory.mktemp("ce")), "cross_encoder")],

@@ -6,10 +6,9 @@ import grpc
 import numpy as np
 import pytest
 
-from conftest import BUNDLED_NAME, server_config
+from conftest import BUNDLED_NAME, server_config, start_server
 from semserve.config import ModelSpec
 from semserve.models.bundled import default_encoder_path
-from semserve.server import start_in_background
 from semserve_client import SemserveClient
 from semserve_client.v1 import reranker_pb2
 
@@ -36,7 +35,7 @@ def folders(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def rerank_server(folders):
-    handle = start_in_background(
+    handle = start_server(
         server_config(
             encoders=[ModelSpec(BUNDLED_NAME, default_encoder_path(), "encoder")],
             rerankers=[ModelSpec(name, path, "cross_encoder") for name, path in folders.items()],

@@ -9,9 +9,8 @@ import grpc
 import numpy as np
 import pytest
 
-from conftest import server_config
+from conftest import server_config, start_server
 from semserve.config import ModelSpec, SearchConfig
-from semserve.server import start_in_background
 from semserve_client import AsyncSemserveClient, SemserveClient
 from semserve_client.v1 import search_pb2
 
@@ -27,7 +26,7 @@ def search_server(tmp_path_factory):
 
     encoder = make_tiny_st_encoder(tmp_path_factory.mktemp("enc"))
     cross = make_tiny_cross_encoder(tmp_path_factory.mktemp("ce"), num_labels=1, seed=3)
-    handle = start_in_background(
+    handle = start_server(
         server_config(
             encoders=[ModelSpec("tiny", encoder, "encoder")],
             rerankers=[ModelSpec("ce", cross, "cross_encoder")],

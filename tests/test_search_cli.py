@@ -8,9 +8,8 @@ import json
 
 import pytest
 
-from conftest import server_config
+from conftest import server_config, start_server
 from semserve.config import ModelSpec, SearchConfig
-from semserve.server import start_in_background
 from semserve_client.cli import main
 
 ROWS = 300
@@ -21,7 +20,7 @@ EMPTY_ROWS = {17, 250}  # rows with an empty title: skipped, counted
 def address(tmp_path_factory):
     from model_factory import make_tiny_cross_encoder, make_tiny_st_encoder
 
-    handle = start_in_background(
+    handle = start_server(
         server_config(
             encoders=[ModelSpec("tiny", make_tiny_st_encoder(tmp_path_factory.mktemp("enc")), "encoder")],
             rerankers=[ModelSpec("ce", make_tiny_cross_encoder(tmp_path_factory.mktemp("ce")), "cross_encoder")],

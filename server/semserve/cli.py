@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--reranker", action="append", default=None, metavar="[NAME=]DIR",
         help="cross-encoder folder, repeatable (SEMSERVE_RERANKERS)",
     )
+    s.add_argument("--frontends", default=_env("frontends", "auto"),
+                   help="gRPC front-end processes feeding one engine process (SO_REUSEPORT on one port): a number, "
+                   "0 for a single process, or auto (GPU hosts: cores - 2, at most 8; CPU hosts: 1) (SEMSERVE_FRONTENDS)")
     s.add_argument("--device", default=_env("device", "auto"), help="auto, cpu, cuda, or cuda:0,cuda:1 (SEMSERVE_DEVICE)")
     s.add_argument("--dtype", default=_env("dtype", "auto"), help="auto, float32, float16, bfloat16 (SEMSERVE_DTYPE)")
     s.add_argument("--max-batch-tokens", type=int, default=_env("max_batch_tokens", b.max_batch_tokens),
@@ -140,6 +143,30 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     )
 
 
+def frontends_from_arg(value: str) -> int | None:
+    """None for auto (decided once the engine knows its devices), else the count."""
+    value = str(value).strip().lower()
+    if value == "auto":
+        return None
+    if not value.isdigit():
+        raise ConfigError(f"--frontends must be a number or auto, got {value!r}")
+    return int(value)
+
+
+def serve_in_one_process(config: ServerConfig) -> int:
+    from semserve.engine.runtime.devices import resolve_devices
+    from semserve.models.errors import ModelLoadError
+    from semserve.server import serve_until_signalled
+
+    try:
+        resolve_devices(config.device)
+        asyncio.run(serve_until_signalled(config))
+    except (ConfigError, ModelLoadError) as exc:
+        print(f"semserve: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Models come from local folders only; never reach for a hub, and keep the log readable.
@@ -153,19 +180,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if args.command == "serve":
-        from semserve.models.errors import ModelLoadError
-        from semserve.engine.runtime.devices import resolve_devices
-        from semserve.server import serve_until_signalled
-
         try:
             config = config_from_args(args)
             config.validate()
-            resolve_devices(config.device)
-            asyncio.run(serve_until_signalled(config))
-        except (ConfigError, ModelLoadError) as exc:
+            frontends = frontends_from_arg(args.frontends)
+        except ConfigError as exc:
             print(f"semserve: {exc}", file=sys.stderr)
             return 2
-        return 0
+        if frontends == 0:
+            return serve_in_one_process(config)
+        from semserve.process.supervisor import serve_with_frontends
+
+        return asyncio.run(serve_with_frontends(config, frontends))
     if args.command in ("finetune", "evaluate-pairs"):
         from semserve.training.cli import run as run_training
 

@@ -52,11 +52,15 @@ class SemserveServer:
         return f"semserve listening on {self.config.host}:{self.port}; {self.engine.summary()}"
 
 
-def start_metrics(config: ServerConfig) -> None:
-    """Prometheus /metrics over HTTP in this process (the one holding the counters)."""
+def start_metrics(config: ServerConfig, engine: Engine) -> None:
+    """Prometheus /metrics over HTTP in the engine's process: it holds the model counters and
+    the counters every front end reports."""
     if config.metrics_port:
-        from prometheus_client import start_http_server
+        from prometheus_client import REGISTRY, start_http_server
 
+        from semserve.engine.stats import FrontendCollector
+
+        REGISTRY.register(FrontendCollector(engine))
         start_http_server(config.metrics_port)
 
 
@@ -65,7 +69,7 @@ async def serve_until_signalled(config: ServerConfig) -> None:
     server = SemserveServer(config)
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, server.load_models)
-    start_metrics(config)
+    start_metrics(config, server.engine)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)

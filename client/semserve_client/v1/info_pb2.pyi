@@ -8,20 +8,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ModelStats(_message.Message):
-    __slots__ = ("batches", "items", "tokens", "padded_tokens", "queued_items", "rejected_requests")
+    __slots__ = ("batches", "items", "tokens", "padded_tokens", "queued_items", "rejected_requests", "active_requests")
     BATCHES_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     TOKENS_FIELD_NUMBER: _ClassVar[int]
     PADDED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     QUEUED_ITEMS_FIELD_NUMBER: _ClassVar[int]
     REJECTED_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     batches: int
     items: int
     tokens: int
     padded_tokens: int
     queued_items: int
     rejected_requests: int
-    def __init__(self, batches: _Optional[int] = ..., items: _Optional[int] = ..., tokens: _Optional[int] = ..., padded_tokens: _Optional[int] = ..., queued_items: _Optional[int] = ..., rejected_requests: _Optional[int] = ...) -> None: ...
+    active_requests: int
+    def __init__(self, batches: _Optional[int] = ..., items: _Optional[int] = ..., tokens: _Optional[int] = ..., padded_tokens: _Optional[int] = ..., queued_items: _Optional[int] = ..., rejected_requests: _Optional[int] = ..., active_requests: _Optional[int] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
     __slots__ = ("name", "kind", "dimension", "max_tokens", "devices", "dtype", "path", "is_default", "pooling", "stats")

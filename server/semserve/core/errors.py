@@ -59,6 +59,12 @@ class Cancelled(CoreError):
     code = "CANCELLED"
 
 
+class Internal(CoreError):
+    """A bug in the engine, reported to the caller instead of hanging the call."""
+
+    code = "INTERNAL"
+
+
 # Names the engine raises; each is the status its name suggests.
 class ModelNotFound(NotFound):
     """No model of that name."""
@@ -95,5 +101,5 @@ class CollectionExists(AlreadyExists):
 _BY_CODE: dict[str, type[CoreError]] = {
     cls.code: cls
     for cls in (InvalidArgument, NotFound, AlreadyExists, FailedPrecondition, ResourceExhausted, DeadlineExceeded,
-                Unavailable, Cancelled)
+                Unavailable, Cancelled, Internal)
 }

@@ -98,6 +98,7 @@ class ModelCounters:
     padded_tokens: int = 0
     queued_items: int = 0
     rejected_requests: int = 0
+    active_requests: int = 0
 
 
 @dataclass(slots=True)

@@ -277,7 +277,11 @@ class Engine:
 
     async def info(self) -> EngineInfo:
         models = [describe(m, self.registry.is_default(m), with_counters=True) for m in self.registry]
-        return EngineInfo(models, [self._frontends[i] for i in sorted(self._frontends)])
+        return EngineInfo(models, self.frontends)
+
+    @property
+    def frontends(self) -> list[FrontendCounters]:
+        return [self._frontends[i] for i in sorted(self._frontends)]
 
     async def report_frontend(self, counters: FrontendCounters) -> None:
         self._frontends[counters.index] = counters

@@ -144,7 +144,7 @@ def describe(model: HostedModel, is_default: bool, with_counters: bool = False) 
     if with_counters:
         s = model.stats
         counters = ModelCounters(s.batches, s.items, s.tokens, s.padded_tokens, model.batcher.queued_items,
-                                 s.rejected_requests)
+                                 s.rejected_requests, model.active_requests)
     return ModelDescriptor(
         name=model.name, kind=model.kind, load_id=model.load_id, dimension=model.dimension,
         max_tokens=model.max_tokens, devices=list(model.devices), dtype=model.dtype, path=str(model.path),

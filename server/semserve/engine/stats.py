@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from prometheus_client import Counter, Histogram
+from prometheus_client.core import CounterMetricFamily
 
 BATCHES = Counter("semserve_batches", "Forward passes run", ["model"])
 ITEMS = Counter("semserve_items", "Texts or pairs computed", ["model"])
@@ -46,3 +47,18 @@ class ModelStats:
         PADDED_TOKENS.labels(self.model).inc(padded_tokens)
         BATCH_SIZE.labels(self.model).observe(size)
         BATCH_SECONDS.labels(self.model).observe(seconds)
+
+
+class FrontendCollector:
+    """RPCs answered per front-end process, as the front ends last reported them to the engine."""
+
+    def __init__(self, engine) -> None:
+        self._engine = engine
+
+    def collect(self):
+        family = CounterMetricFamily(
+            "semserve_frontend_requests", "RPCs answered by each front-end process since it started", labels=["frontend"]
+        )
+        for counters in self._engine.frontends:
+            family.add_metric([str(counters.index)], counters.requests)
+        yield family

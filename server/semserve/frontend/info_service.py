@@ -31,6 +31,7 @@ def model_info(model: ModelDescriptor) -> info_pb2.ModelInfo:
         info.stats.CopyFrom(info_pb2.ModelStats(
             batches=c.batches, items=c.items, tokens=c.tokens, padded_tokens=c.padded_tokens,
             queued_items=c.queued_items, rejected_requests=c.rejected_requests,
+            active_requests=c.active_requests,
         ))
     return info
 

@@ -1,0 +1,55 @@
+"""The engine process: loads the models, recovers the collections, serves the core API over IPC.
+
+It is the only process that imports torch, holds GPU memory and writes the store. On SIGTERM
+(sent by the supervisor once every front end has drained) it closes the store cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+
+from semserve.config import ConfigError
+from semserve.engine.engine import Engine
+from semserve.ipc.endpoint import EngineEndpoint
+from semserve.models.errors import ModelLoadError
+from semserve.process.children import child_arguments, read_config, report, setup_logging, stop_requested
+from semserve.server import start_metrics
+
+log = logging.getLogger("semserve")
+
+
+async def run(config, address: str, ready_fd: int) -> int:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    loop = asyncio.get_running_loop()
+    try:
+        engine = Engine(config)
+        await loop.run_in_executor(None, engine.load_models)
+        start_metrics(config, engine)
+        await engine.start()
+    except (ConfigError, ModelLoadError, OSError) as exc:
+        report(ready_fd, f"failed {exc}")
+        return 2
+    endpoint = EngineEndpoint(engine, address)
+    await endpoint.start()
+    report(ready_fd, "ready " + json.dumps({"summary": engine.summary(), "devices": engine.devices}))
+    await stop_requested()
+    log.info("engine stopping: closing the store and the batchers")
+    await endpoint.stop()
+    await engine.stop()
+    log.info("engine stopped")
+    return 0
+
+
+def main() -> int:
+    args = child_arguments("semserve engine process").parse_args()
+    config = read_config(args.config)
+    setup_logging(config, "engine")
+    return asyncio.run(run(config, args.address, args.ready_fd))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""A front-end process: a gRPC server on the shared port (SO_REUSEPORT) over a ``RemoteCore``.
+
+It never imports torch: it validates, tokenizes and translates, and the engine process
+computes. On SIGTERM it drains: health NOT_SERVING, no new calls, calls in flight finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+from semserve.frontend.server import FrontEnd
+from semserve.ipc.client import RemoteCore
+from semserve.process.children import child_arguments, read_config, report, setup_logging, stop_requested
+
+log = logging.getLogger("semserve")
+
+
+async def run(config, address: str, index: int, ready_fd: int) -> int:
+    core = RemoteCore(address)
+    await core.start()
+    frontend = FrontEnd(core, config, index=index, reuse_port=True)
+    try:
+        port = await frontend.start()
+    except Exception as exc:
+        report(ready_fd, f"failed {exc}")
+        await core.close()
+        return 1
+    report(ready_fd, f"ready {port}")
+    await stop_requested()
+    await frontend.stop(config.grace_period_s)
+    await core.close()
+    return 0
+
+
+def main() -> int:
+    parser = child_arguments("semserve front-end process")
+    parser.add_argument("--index", type=int, required=True)
+    args = parser.parse_args()
+    config = read_config(args.config)
+    setup_logging(config, f"frontend-{args.index}")
+    return asyncio.run(run(config, args.address, args.index, args.ready_fd))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

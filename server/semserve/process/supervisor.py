@@ -1,0 +1,264 @@
+"""``semserve serve --frontends N``: one engine process, N front-end processes, one port.
+
+Order of events: reserve the port (a bound, non-listening SO_REUSEPORT socket keeps the number
+while the children start), start the engine and wait until it has loaded the models and
+recovered the store, then start the front ends, which bind the same port with SO_REUSEPORT so
+the kernel spreads connections over them. Health is SERVING only in a front end that is up,
+and none is up before the engine is ready.
+
+While serving: a front end that dies is started again in its slot and the server keeps
+answering on the others; an engine that dies ends the server at once with a non-zero status
+and a log line saying so (an orchestrator restarts it; a server without its engine must not
+look alive). On SIGTERM or SIGINT: the front ends drain first (no new calls, calls in flight
+finish within the grace period), then the engine stops and closes the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from semserve.config import ServerConfig
+from semserve.process.children import write_config
+
+log = logging.getLogger("semserve")
+
+# A front end that keeps dying is restarted at most this often.
+RESTART_INTERVAL_S = 1.0
+# The engine gets this long to close the store after SIGTERM before it is killed.
+ENGINE_STOP_S = 15.0
+
+
+def default_frontends(devices: list[str]) -> int:
+    """Front ends that keep the devices fed without starving the engine of cores.
+
+    On GPU hosts the engine's own work is one loop and the device threads, so every other core
+    can run a front end (up to 8). On CPU-only hosts the model itself needs the cores: one
+    front end takes gRPC, protobuf and tokenization off the engine's loop (measured in
+    docs/benchmarks.md), more only take cores away from the forward passes.
+    """
+    cores = os.cpu_count() or 1
+    if any(d.startswith("cuda") for d in devices):
+        return max(1, min(8, cores - 2))
+    return 1
+
+
+class ChildFailed(Exception):
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
+
+def reserve_port(host: str, port: int) -> socket.socket:
+    """Bind (not listen) a SO_REUSEPORT socket: it holds the port number for the front ends,
+    and a port already taken by another program fails here, before anything loads."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(address)
+    return sock
+
+
+class Child:
+    """One child process and the line it reported on its ready pipe."""
+
+    def __init__(self, role: str, process: asyncio.subprocess.Process, ready_read: int):
+        self.role = role
+        self.process = process
+        self._ready_read = ready_read
+        self.exited = asyncio.ensure_future(process.wait())
+
+    @classmethod
+    async def start(cls, role: str, module: str, arguments: list[str]) -> "Child":
+        ready_read, ready_write = os.pipe()
+        try:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", module, *arguments, "--ready-fd", str(ready_write), pass_fds=(ready_write,)
+            )
+        finally:
+            os.close(ready_write)
+        return cls(role, process, ready_read)
+
+    async def ready(self) -> str:
+        """The text after 'ready', or ChildFailed when the child failed or died first."""
+        line = await asyncio.get_running_loop().run_in_executor(None, _read_line, self._ready_read)
+        if line.startswith("ready"):
+            return line[len("ready"):].strip()
+        status = await self.exited
+        if line.startswith("failed"):
+            raise ChildFailed(line[len("failed"):].strip(), 2 if status == 2 else 1)
+        raise ChildFailed(f"the {self.role} process exited with status {status} while starting", 1)
+
+    def signal(self, sig: int) -> None:
+        if self.process.returncode is None:
+            try:
+                self.process.send_signal(sig)
+            except ProcessLookupError:
+                pass
+
+    async def stop(self, timeout_s: float) -> bool:
+        """SIGTERM, then SIGKILL after ``timeout_s``; True when it stopped by itself."""
+        self.signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.shield(self.exited), timeout_s)
+            return True
+        except TimeoutError:
+            self.signal(signal.SIGKILL)
+            await self.exited
+            return False
+
+
+def _read_line(fd: int) -> str:
+    data = b""
+    try:
+        while not data.endswith(b"\n"):
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(fd)
+    return data.decode(errors="replace").strip()
+
+
+def _exit_text(status: int) -> str:
+    return f"was killed by signal {signal.Signals(-status).name}" if status < 0 else f"exited with status {status}"
+
+
+class Supervisor:
+    def __init__(self, config: ServerConfig, frontends: int | None):
+        self.config = config
+        self.requested_frontends = frontends
+        self.port: int | None = None
+        self._runtime = Path(tempfile.mkdtemp(prefix="semserve-"))
+        self._address = f"ipc://{self._runtime}/engine"
+        self._engine: Child | None = None
+        self._frontends: dict[int, Child] = {}
+
+    def _child_arguments(self, config_file: Path) -> list[str]:
+        return ["--config", str(config_file), "--address", self._address]
+
+    async def run(self) -> int:
+        try:
+            return await self._run()
+        except ChildFailed as exc:
+            print(f"semserve: {exc}", file=sys.stderr)
+            await self._stop_all()
+            return exc.status
+        finally:
+            shutil.rmtree(self._runtime, ignore_errors=True)
+
+    async def _run(self) -> int:
+        cfg = self.config
+        try:
+            reserved = reserve_port(cfg.host, cfg.port)
+        except OSError as exc:
+            raise ChildFailed(f"cannot bind {cfg.host}:{cfg.port}: {exc.strerror or exc}", 2) from None
+        self.port = reserved.getsockname()[1]
+        frontend_config = dataclasses.replace(cfg, port=self.port)
+        config_file = self._runtime / "config.pickle"
+        write_config(frontend_config, config_file)
+        arguments = self._child_arguments(config_file)
+
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+
+        self._engine = await Child.start("engine", "semserve.process.engine_main", arguments)
+        started = json.loads(await self._engine.ready())
+        count = self.requested_frontends
+        if count is None:
+            count = default_frontends(started["devices"])
+        await asyncio.gather(*(self._start_frontend(i, arguments) for i in range(count)))
+        log.info(
+            "semserve listening on %s:%d; %s; %d front-end processes%s", cfg.host, self.port, started["summary"], count,
+            f"; metrics on :{cfg.metrics_port}/metrics" if cfg.metrics_port else "",
+        )
+        status = await self._supervise(stop, arguments)
+        reserved.close()
+        return status
+
+    async def _start_frontend(self, index: int, arguments: list[str]) -> None:
+        child = await Child.start(f"front-end {index}", "semserve.process.frontend_main", [*arguments, "--index", str(index)])
+        self._frontends[index] = child
+        await child.ready()
+
+    async def _supervise(self, stop: asyncio.Event, arguments: list[str]) -> int:
+        assert self._engine is not None
+        stopping = asyncio.ensure_future(stop.wait())
+        last_restart: dict[int, float] = {}
+        while True:
+            waits = [stopping, self._engine.exited, *(c.exited for c in self._frontends.values())]
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            if self._engine.exited.done():
+                log.error(
+                    "the engine process %s; stopping the server (calls in flight fail; restart it to serve again)",
+                    _exit_text(self._engine.exited.result()),
+                )
+                for child in self._frontends.values():
+                    child.signal(signal.SIGKILL)
+                return 1
+            if stop.is_set():
+                return await self._drain()
+            for index, child in list(self._frontends.items()):
+                if not child.exited.done():
+                    continue
+                log.warning("front-end process %d (pid %d) %s; starting it again",
+                            index, child.process.pid, _exit_text(child.exited.result()))
+                wait = last_restart.get(index, 0.0) + RESTART_INTERVAL_S - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                last_restart[index] = time.monotonic()
+                try:
+                    await self._start_frontend(index, arguments)
+                except ChildFailed as exc:
+                    log.error("front-end process %d did not start again: %s", index, exc)
+
+    async def _drain(self) -> int:
+        grace = self.config.grace_period_s
+        log.info("stopping: front ends drain (health NOT_SERVING, new calls refused, %.0fs grace), then the engine", grace)
+        await asyncio.gather(*(c.stop(grace + 1.0) for c in self._frontends.values()))
+        assert self._engine is not None
+        clean = await self._engine.stop(ENGINE_STOP_S)
+        if not clean:
+            log.error("the engine did not stop within %.0fs and was killed", ENGINE_STOP_S)
+            return 1
+        log.info("stopped")
+        return 0
+
+    async def _stop_all(self) -> None:
+        await asyncio.gather(*(c.stop(2.0) for c in self._frontends.values()))
+        if self._engine is not None:
+            await self._engine.stop(ENGINE_STOP_S)
+
+
+async def serve_with_frontends(config: ServerConfig, frontends: int | None) -> int:
+    return await Supervisor(config, frontends).run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m semserve.process.supervisor CONFIG.pickle [FRONTENDS]`` (tests, embedding)."""
+    import pickle
+
+    argv = sys.argv[1:] if argv is None else argv
+    config: ServerConfig = pickle.loads(Path(argv[0]).read_bytes())
+    frontends = int(argv[1]) if len(argv) > 1 and argv[1] != "auto" else None
+    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return asyncio.run(serve_with_frontends(config, frontends))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
