@@ -77,7 +77,12 @@ class LoadResult:
 async def _run(spec: LoadSpec) -> LoadResult:
     texts = spec.texts or synthetic_texts(4096, spec.seed)
     rng = random.Random(spec.seed)
-    channels = [grpc.aio.insecure_channel(spec.target) for _ in range(max(1, spec.concurrency // 16))]
+    # A connection per channel (gRPC would share one per target): a server with several
+    # front-end processes spreads connections, so the load must arrive on several.
+    channels = [
+        grpc.aio.insecure_channel(spec.target, options=[("grpc.use_local_subchannel_pool", 1)])
+        for _ in range(max(1, spec.concurrency // 16))
+    ]
     start = time.monotonic()
     count_from, stop_at = start + spec.warmup_s, start + spec.warmup_s + spec.duration_s
     latencies: list[float] = []

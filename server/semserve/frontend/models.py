@@ -36,10 +36,18 @@ class ModelDirectory:
         self._refreshing = asyncio.get_running_loop().create_future()
         try:
             table = await self._core.models()
-            self._models = {m.name: m for m in table.models}
-            self._epoch = table.epoch
             live = {(m.name, m.load_id) for m in table.models}
-            self._tokenizers = {k: v for k, v in self._tokenizers.items() if k in live}
+            tokenizers = {k: v for k, v in self._tokenizers.items() if k in live}
+            # Tokenizers are built here, before the table is used, so a model's first request
+            # does not pay for it (building one from its JSON takes tens of milliseconds).
+            for key in live - set(tokenizers):
+                try:
+                    tokenizers[key] = TextTokenizer(await self._core.tokenizer(key[0]))
+                except ModelNotFound:  # unloaded meanwhile; the next refresh sees it gone
+                    pass
+            self._models = {m.name: m for m in table.models if (m.name, m.load_id) in tokenizers}
+            self._tokenizers = tokenizers
+            self._epoch = table.epoch
             self._refreshing.set_result(None)
         except BaseException as exc:
             self._refreshing.set_exception(exc)
@@ -56,12 +64,7 @@ class ModelDirectory:
         if self._epoch != self._core.models_epoch or not self._find(name, kind, raising=False):
             await self.refresh()
         model = self._find(name, kind, raising=True)
-        key = (model.name, model.load_id)
-        tokenizer = self._tokenizers.get(key)
-        if tokenizer is None:
-            spec = await self._core.tokenizer(model.name)
-            tokenizer = self._tokenizers[key] = TextTokenizer(spec)
-        return model, tokenizer
+        return model, self._tokenizers[(model.name, model.load_id)]
 
     def _find(self, name: str, kind: str, raising: bool) -> ModelDescriptor | None:
         if not name:

@@ -1,0 +1,185 @@
+"""The multi-process server (`--frontends N`): front ends share the port, die and come back,
+the engine's death ends the server, SIGTERM drains every process, model loads reach every
+front end, and deadlines still drop work in the engine before compute. Real processes, real
+gRPC channels on 127.0.0.1; every test bounds its own time."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from conftest import ProcessServer, server_config
+from semserve.config import ModelSpec
+from semserve_client import SemserveClient
+from semserve_client.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc, info_pb2, info_pb2_grpc
+
+TOKEN = "mp-admin-token"
+AUTH = (("authorization", f"Bearer {TOKEN}"),)
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory) -> Path:
+    from model_factory import make_tiny_st_encoder
+
+    return make_tiny_st_encoder(tmp_path_factory.mktemp("tiny") / "tiny")
+
+
+def tiny_config(folder: Path, **overrides):
+    return server_config(encoders=[ModelSpec("tiny", folder, "encoder")], **overrides)
+
+
+def fresh_channel(address: str) -> grpc.Channel:
+    """A channel with a TCP connection of its own (gRPC otherwise shares one per target)."""
+    return grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
+
+
+def embed_on_fresh_channels(address: str, count: int, model: str = "") -> None:
+    for i in range(count):
+        with fresh_channel(address) as channel:
+            reply = encoder_pb2_grpc.EncoderServiceStub(channel).Embed(
+                encoder_pb2.EmbedRequest(texts=[f"text {i}"], model=model), timeout=30
+            )
+            assert len(reply.embeddings) == 1
+
+
+def frontends(address: str) -> list[info_pb2.FrontendInfo]:
+    with SemserveClient(address) as c:
+        return list(c.info().frontends)
+
+
+def wait_for(condition, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def gone(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status")
+    try:
+        return "zombie" in status.read_text()
+    except FileNotFoundError:
+        return True
+
+
+def children(pid: int) -> dict[int, str]:
+    """Child processes of pid and their command lines (Linux /proc)."""
+    out = {}
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        out[int(child)] = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    return out
+
+
+@pytest.fixture(scope="module")
+def two_frontends(tiny_folder):
+    server = ProcessServer(tiny_config(tiny_folder, admin_token=TOKEN, max_batch_size=8), frontends=2)
+    yield server
+    server.stop()
+
+
+def test_calls_from_many_channels_land_on_more_than_one_front_end(two_frontends):
+    embed_on_fresh_channels(two_frontends.address, 24)
+    served = wait_for(
+        lambda: [f for f in frontends(two_frontends.address) if f.requests > 0] if len(
+            [f for f in frontends(two_frontends.address) if f.requests > 0]) >= 2 else None,
+        10, "two front ends with requests",
+    )
+    assert {f.index for f in served} == {0, 1}
+    assert len({f.pid for f in served}) == 2 and os.getpid() not in {f.pid for f in served}
+
+
+def test_a_model_loaded_through_one_front_end_is_served_by_all(two_frontends, tiny_folder):
+    with SemserveClient(two_frontends.address) as c:
+        c.admin.LoadModel(
+            info_pb2.LoadModelRequest(name="second", path=str(tiny_folder), kind=common_pb2.MODEL_KIND_ENCODER),
+            metadata=AUTH, timeout=60,
+        )
+    before = {f.index: f.requests for f in frontends(two_frontends.address)}
+    embed_on_fresh_channels(two_frontends.address, 24, model="second")  # each call may land on either
+    after = wait_for(
+        lambda: (lambda now: now if all(now[i] > before[i] for i in before) else None)(
+            {f.index: f.requests for f in frontends(two_frontends.address)}),
+        10, "both front ends to serve the new model",
+    )
+    assert len(after) == 2
+
+
+def test_a_deadline_that_expires_in_the_engine_queue_gives_deadline_exceeded_and_no_compute(two_frontends):
+    with SemserveClient(two_frontends.address) as c:
+        before = next(m.stats.items for m in c.info().models if m.name == "tiny")
+        busy = c.encoder.Embed.future(
+            encoder_pb2.EmbedRequest(model="tiny", texts=[f"busy text number {i} " + "word " * 20 for i in range(1024)]),
+            timeout=120,
+        )
+        time.sleep(0.2)  # the big request is queued in the engine first
+        with pytest.raises(grpc.RpcError) as err:
+            c.encoder.Embed(encoder_pb2.EmbedRequest(model="tiny", texts=["late " + "word " * 40]), timeout=0.3)
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert len(busy.result().embeddings) == 1024
+        time.sleep(0.2)
+        after = next(m.stats.items for m in c.info().models if m.name == "tiny")
+    assert after - before == 1024  # the expired text was never computed
+
+
+def test_a_killed_front_end_is_replaced_and_calls_go_on(tiny_folder):
+    server = ProcessServer(tiny_config(tiny_folder), frontends=2)
+    try:
+        embed_on_fresh_channels(server.address, 8)
+        victim = wait_for(lambda: next(iter(frontends(server.address)), None), 10, "a front end")
+        os.kill(victim.pid, signal.SIGKILL)
+        wait_for(lambda: gone(victim.pid), 10, "the killed front end to be gone")
+        # the other front end keeps the port; new connections go to it (a connection the kernel
+        # had queued on the killed process's socket is reset: clients retry UNAVAILABLE)
+        embed_on_fresh_channels(server.address, 12)
+        replaced = wait_for(
+            lambda: next((f for f in frontends(server.address) if f.index == victim.index and f.pid != victim.pid), None),
+            15, "the front end's slot to get a new process",
+        )
+        assert replaced.pid != victim.pid
+        embed_on_fresh_channels(server.address, 12)
+        assert server.proc.poll() is None
+        assert any("starting it again" in line for line in server.lines)
+    finally:
+        server.stop()
+
+
+def test_a_killed_engine_ends_the_server_with_a_non_zero_status_within_10_s(tiny_folder):
+    server = ProcessServer(tiny_config(tiny_folder), frontends=2)
+    try:
+        engine = [pid for pid, cmd in children(server.proc.pid).items() if "engine_main" in cmd]
+        assert len(engine) == 1
+        killed = time.monotonic()
+        os.kill(engine[0], signal.SIGKILL)
+        status = server.proc.wait(10)
+        assert time.monotonic() - killed < 10
+        assert status != 0
+        time.sleep(0.5)
+        assert any("engine process was killed by signal SIGKILL" in line for line in server.lines)
+    finally:
+        server.stop()
+
+
+def test_sigterm_drains_every_process_and_exits_zero(tiny_folder):
+    server = ProcessServer(tiny_config(tiny_folder, max_batch_size=8), frontends=2)
+    pids = list(children(server.proc.pid))
+    with SemserveClient(server.address) as c:
+        in_flight = c.encoder.Embed.future(
+            encoder_pb2.EmbedRequest(texts=[f"draining {i} " + "word " * 20 for i in range(512)]), timeout=60
+        )
+        time.sleep(0.3)
+        server.proc.send_signal(signal.SIGTERM)
+        assert len(in_flight.result().embeddings) == 512  # the call in flight finishes
+    assert server.proc.wait(5 + 15) == 0
+    assert all(gone(pid) for pid in pids)
+    with pytest.raises(grpc.RpcError) as err:
+        embed_on_fresh_channels(server.address, 1)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
