@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--frontends", default=_env("frontends", "auto"),
                    help="gRPC front-end processes feeding one engine process (SO_REUSEPORT on one port): a number, "
-                   "0 for a single process, or auto (GPU hosts: cores - 2, at most 8; CPU hosts: 1) (SEMSERVE_FRONTENDS)")
+                   "0 for a single process, or auto (GPU hosts: cores - 2, at most 8; CPU-only hosts: 0) (SEMSERVE_FRONTENDS)")
     s.add_argument("--device", default=_env("device", "auto"), help="auto, cpu, cuda, or cuda:0,cuda:1 (SEMSERVE_DEVICE)")
     s.add_argument("--dtype", default=_env("dtype", "auto"), help="auto, float32, float16, bfloat16 (SEMSERVE_DTYPE)")
     s.add_argument("--max-batch-tokens", type=int, default=_env("max_batch_tokens", b.max_batch_tokens),
@@ -187,9 +187,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ConfigError as exc:
             print(f"semserve: {exc}", file=sys.stderr)
             return 2
+        from semserve.process.supervisor import default_frontends, serve_with_frontends
+
+        if frontends is None:
+            frontends = default_frontends(config.device)
         if frontends == 0:
             return serve_in_one_process(config)
-        from semserve.process.supervisor import serve_with_frontends
 
         return asyncio.run(serve_with_frontends(config, frontends))
     if args.command in ("finetune", "evaluate-pairs"):

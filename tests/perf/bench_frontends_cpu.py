@@ -51,6 +51,22 @@ def start(folder: Path, frontends: int, extra: list[str]) -> tuple[subprocess.Po
     raise RuntimeError("server did not start")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def engine_pid(proc: subprocess.Popen, frontends: int) -> int:
+    """The process that computes: the server itself with --frontends 0, else its engine child."""
+    if frontends == 0:
+        return proc.pid
+    for child in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split():
+        if b"engine_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+            return int(child)
+    raise RuntimeError("no engine process")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frontends", default="0,1,2", help="front-end counts to compare, in one run")
@@ -64,11 +80,17 @@ def main() -> int:
     for frontends in [int(x) for x in args.frontends.split(",")]:
         proc, address = start(folder, frontends, args.server_args.split())
         try:
+            engine = engine_pid(proc, frontends)
             for name, workload in WORKLOADS:
+                cpu_before = cpu_seconds(engine)
                 result = run_load(
                     LoadSpec(target=address, duration_s=args.duration, warmup_s=args.warmup, model="tiny", **workload),
                     processes=args.client_processes,
                 )
+                # CPU the computing process spent per request over the whole load (warm-up included,
+                # so divided by every request sent, counted or not): its ceiling is 1 / this per core.
+                sent = result["requests"] * (args.duration + args.warmup) / args.duration
+                result["engine_cpu_us_per_request"] = round((cpu_seconds(engine) - cpu_before) / max(1, sent) * 1e6, 1)
                 rows.append({"frontends": frontends, "workload": name, **result})
                 print(json.dumps(rows[-1]), flush=True)
         finally:
@@ -78,7 +100,8 @@ def main() -> int:
     print("| workload | " + " | ".join(f"frontends {f}" for f in args.frontends.split(",")) + " |")
     print("|---|" + "---|" * len(args.frontends.split(",")))
     for name, _ in WORKLOADS:
-        cells = [f"{r['items_per_s']:.0f} texts/s (p50 {r['p50_ms']:.1f} ms)" for r in rows if r["workload"] == name]
+        cells = [f"{r['items_per_s']:.0f} texts/s (p50 {r['p50_ms']:.1f} ms; engine {r['engine_cpu_us_per_request']:.0f} µs CPU/request)"
+                 for r in rows if r["workload"] == name]
         print(f"| {name} | " + " | ".join(cells) + " |")
     return 0
 

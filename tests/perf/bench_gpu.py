@@ -161,8 +161,9 @@ def search_bench(rows: int, dim: int, k: int) -> dict:
 
 
 def start_server(args: argparse.Namespace, models: dict[str, Path], reranker: Path,
-                 device: str = "cuda") -> tuple[subprocess.Popen, str]:
+                 device: str = "cuda", frontends: str = "0") -> tuple[subprocess.Popen, str]:
     cmd = [sys.executable, "-m", "semserve", "serve", "--host", "127.0.0.1", "--port", "0", "--device", device,
+           "--frontends", frontends,
            "--dtype", "float16", "--metrics-port", "0", "--max-batch-tokens", str(args.max_batch_tokens),
            "--max-batch-size", str(args.max_batch_size), "--max-queue-delay-ms", str(args.max_queue_delay_ms),
            "--tokenizer-threads", str(args.tokenizer_threads), "--max-queue-size", "65536",
@@ -239,7 +240,7 @@ def load(address: str, args, profile_as: str = "", server_pid: int = 0, **kw) ->
         args.profile_dir.mkdir(parents=True, exist_ok=True)
         profiler = subprocess.Popen(
             ["sh", "-c", f"sleep {args.warmup + 1}; exec {args.py_spy} record --pid {server_pid} --duration "
-             f"{max(2, int(spec.duration_s) - 2)} --rate 250 --format raw --threads --nonblocking "
+             f"{max(2, int(spec.duration_s) - 2)} --rate 250 --format raw --threads --nonblocking --subprocesses "
              f"--output {args.profile_dir / (profile_as + '.txt')}"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
@@ -256,6 +257,45 @@ def load(address: str, args, profile_as: str = "", server_pid: int = 0, **kw) ->
         profiler.wait(60)
     log("  ", json.dumps(result))
     return result
+
+
+def serve_section(args, frontends: str, bert: Path, ce: Path, texts: list[str], nonembedding: int,
+                  peers: dict) -> dict:
+    """Every served load against one server started with ``--frontends frontends``."""
+    skip = set(filter(None, args.skip.split(",")))
+    proc, address = start_server(args, {"minilm": args.minilm, "bert-base": bert}, ce, frontends=frontends)
+    ours: dict = {}
+    try:
+        ours["parity"] = served_parity(address, args.minilm, texts[:256])
+        log("parity of served MiniLM embeddings with sentence-transformers fp32:", ours["parity"])
+        ours["rerank_parity"] = served_rerank_parity(address, ce, texts)
+        log("parity of served cross-encoder scores with CrossEncoder.predict fp32:", ours["rerank_parity"])
+        log("semserve, MiniLM, 32-text Embed:")
+        ours["embed_32"] = load(address, args, f"embed_32-f{frontends}", proc.pid, mode="embed", model="minilm", concurrency=64, request_size=32)
+        log("semserve, MiniLM, single-text EmbedStream:")
+        ours["stream_1"] = load(address, args, f"stream_1-f{frontends}", proc.pid, mode="embed-stream", model="minilm", concurrency=32, request_size=1,
+                                window=64)
+        log("semserve, MiniLM, single-text unary Embed:")
+        ours["unary_1"] = load(address, args, f"unary_1-f{frontends}", proc.pid, mode="embed", model="minilm", concurrency=256, request_size=1)
+        log("semserve, MiniLM, lone single-text Embed:")
+        ours["lone_1"] = load(address, args, mode="embed", model="minilm", concurrency=1, request_size=1,
+                              processes=1, duration=8)
+        if "bert" not in skip:
+            log("semserve, BERT-base, 32-text Embed:")
+            items0, tokens0 = model_tokens(address, "bert-base")
+            ours["bert_32"] = load(address, args, f"bert_32-f{frontends}", proc.pid, mode="embed", model="bert-base", concurrency=64, request_size=32)
+            items1, tokens1 = model_tokens(address, "bert-base")
+            tokens_per_text = (tokens1 - tokens0) / max(1, items1 - items0)
+            tflops = 2 * nonembedding * tokens_per_text * ours["bert_32"]["items_per_s"] / 1e12
+            ours["bert_32"].update(tokens_per_text=tokens_per_text, tflops=tflops,
+                                   fraction_of_matmul=tflops / peers["matmul_fp16_tflops"])
+        if "rerank" not in skip:
+            log("semserve, cross-encoder, 32-document Rerank:")
+            ours["rerank_32"] = load(address, args, f"rerank_32-f{frontends}", proc.pid, mode="rerank", model="ce", concurrency=64, request_size=32)
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    return ours
 
 
 def scaling_bench(args: argparse.Namespace, minilm: Path, bert: Path, ce: Path) -> dict:
@@ -309,7 +349,10 @@ def main() -> None:
     parser.add_argument("--search-rows", type=int, default=4_000_000)
     parser.add_argument("--no-cuda-graphs", action="store_true", help="serve with --no-cuda-graphs")
     parser.add_argument("--scaling", action="store_true", help="only compare one GPU with every GPU")
-    parser.add_argument("--skip", default="", help="comma-separated sections to skip: peers,bert,rerank")
+    parser.add_argument("--skip", default="", help="comma-separated sections to skip: peers,bert,rerank,search")
+    parser.add_argument("--frontends", default="0,auto",
+                        help="comma-separated --frontends values, each served in turn in this run; the last one "
+                        "fills the table, the others are its peers")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     work = Path(tempfile.mkdtemp(prefix="semserve-bench-"))
@@ -361,38 +404,12 @@ def main() -> None:
 
     if "search" not in skip:
         results["search"] = search_bench(args.search_rows, 768, 10)
-    proc, address = start_server(args, {"minilm": args.minilm, "bert-base": bert}, ce)
-    ours: dict = {}
-    try:
-        ours["parity"] = served_parity(address, args.minilm, texts[:256])
-        log("parity of served MiniLM embeddings with sentence-transformers fp32:", ours["parity"])
-        ours["rerank_parity"] = served_rerank_parity(address, ce, texts)
-        log("parity of served cross-encoder scores with CrossEncoder.predict fp32:", ours["rerank_parity"])
-        log("semserve, MiniLM, 32-text Embed:")
-        ours["embed_32"] = load(address, args, "embed_32", proc.pid, mode="embed", model="minilm", concurrency=64, request_size=32)
-        log("semserve, MiniLM, single-text EmbedStream:")
-        ours["stream_1"] = load(address, args, mode="embed-stream", model="minilm", concurrency=32, request_size=1,
-                                window=64)
-        log("semserve, MiniLM, single-text unary Embed:")
-        ours["unary_1"] = load(address, args, "unary_1", proc.pid, mode="embed", model="minilm", concurrency=256, request_size=1)
-        log("semserve, MiniLM, lone single-text Embed:")
-        ours["lone_1"] = load(address, args, mode="embed", model="minilm", concurrency=1, request_size=1,
-                              processes=1, duration=8)
-        if "bert" not in skip:
-            log("semserve, BERT-base, 32-text Embed:")
-            items0, tokens0 = model_tokens(address, "bert-base")
-            ours["bert_32"] = load(address, args, mode="embed", model="bert-base", concurrency=64, request_size=32)
-            items1, tokens1 = model_tokens(address, "bert-base")
-            tokens_per_text = (tokens1 - tokens0) / max(1, items1 - items0)
-            tflops = 2 * nonembedding * tokens_per_text * ours["bert_32"]["items_per_s"] / 1e12
-            ours["bert_32"].update(tokens_per_text=tokens_per_text, tflops=tflops,
-                                   fraction_of_matmul=tflops / peers["matmul_fp16_tflops"])
-        if "rerank" not in skip:
-            log("semserve, cross-encoder, 32-document Rerank:")
-            ours["rerank_32"] = load(address, args, mode="rerank", model="ce", concurrency=64, request_size=32)
-    finally:
-        proc.terminate()
-        proc.wait(60)
+    served: dict = {}
+    for frontends in args.frontends.split(","):
+        log(f"semserve with --frontends {frontends}:")
+        served[frontends] = serve_section(args, frontends, bert, ce, texts, nonembedding, peers)
+    ours = served[args.frontends.split(",")[-1]]
+    results["semserve_by_frontends"] = served
     results["semserve"] = ours
 
     rows = []
@@ -404,19 +421,19 @@ def main() -> None:
 
     if "peers" not in skip:
         row("encode MiniLM, 32-text requests", ours["embed_32"]["items_per_s"], "texts/s", peers["st_encode_b256"],
-            "ST encode batch 256", ">= 5x")
-        row("encode MiniLM, single-text EmbedStream", ours["stream_1"]["items_per_s"], "texts/s", None, "", ">= 10,000/s")
+            "ST encode batch 256", ">= 8x and >= 60,000/s")
+        row("encode MiniLM, single-text EmbedStream", ours["stream_1"]["items_per_s"], "texts/s", None, "", ">= 30,000/s")
         row("encode MiniLM, single-text unary", ours["unary_1"]["items_per_s"], "texts/s", peers["st_encode_single"],
-            "ST encode one text per call", ">= 50x")
+            "ST encode one text per call", ">= 15,000/s")
         if "bert_32" in ours:
             row("encode BERT-base, 32-text requests", ours["bert_32"]["tflops"], "TFLOP/s",
-                peers["matmul_fp16_tflops"], "fp16 matmul rate", ">= 0.40")
+                peers["matmul_fp16_tflops"], "fp16 matmul rate", ">= 0.35")
             row("encode BERT-base vs ST", ours["bert_32"]["items_per_s"], "texts/s", peers["st_bert_base_b256"],
                 "ST encode batch 256", "")
         if "rerank_32" in ours:
             best = max(peers["ce_predict_b32"], peers["ce_predict_b256"])
             row("rerank MiniLM-sized, 32-doc requests", ours["rerank_32"]["items_per_s"], "pairs/s", best,
-                "CrossEncoder.predict (best of b32, b256)", ">= 5x")
+                "CrossEncoder.predict (best of b32, b256)", ">= 6x")
     if "search" in results:
         sr = results["search"]
         row("search 4M x 768 fp16, 1 query/call", sr["ours_1_corpus_gbps"], "GB/s of corpus",
@@ -428,7 +445,15 @@ def main() -> None:
         row("search 1024 queries/call vs semantic_search", 1024 / sr["ours_1024_s"], "queries/s",
             1024 / sr["semantic_search_1024_s"], "util.semantic_search", "")
     row("lone single-text Embed p50", ours["lone_1"]["p50_ms"], "ms", None, "", "<= 3 ms")
-    row("lone single-text Embed p99", ours["lone_1"]["p99_ms"], "ms", None, "", "<= 10 ms")
+    row("lone single-text Embed p99", ours["lone_1"]["p99_ms"], "ms", None, "", "<= 6 ms")
+    single = served.get("0")
+    if single is not None and single is not ours:
+        for key, name in (("embed_32", "MiniLM 32-text"), ("stream_1", "MiniLM single-text stream"),
+                          ("unary_1", "MiniLM single-text unary"), ("bert_32", "BERT-base 32-text"),
+                          ("rerank_32", "rerank 32-doc")):
+            if key in ours and key in single:
+                row(f"{name}: front ends vs one process", ours[key]["items_per_s"], "items/s",
+                    single[key]["items_per_s"], "--frontends 0, same run", "")
     results["table"] = rows
     log("\n| work | semserve | peer | ratio | target |\n|---|---|---|---|---|")
     for r in rows:

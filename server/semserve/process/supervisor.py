@@ -39,18 +39,30 @@ RESTART_INTERVAL_S = 1.0
 ENGINE_STOP_S = 15.0
 
 
-def default_frontends(devices: list[str]) -> int:
-    """Front ends that keep the devices fed without starving the engine of cores.
+def gpu_host(device_spec: str) -> bool:
+    """Whether the engine will run on GPUs, known without importing torch: an explicit device
+    list says so; for ``auto``, the NVIDIA driver lists its GPUs under /proc/driver/nvidia/gpus
+    (and CUDA_VISIBLE_DEVICES may hide them all)."""
+    spec = (device_spec or "auto").strip().lower()
+    if spec != "auto":
+        return "cuda" in spec
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return gpus.is_dir() and any(gpus.iterdir())
 
-    On GPU hosts the engine's own work is one loop and the device threads, so every other core
-    can run a front end (up to 8). On CPU-only hosts the model itself needs the cores: one
-    front end takes gRPC, protobuf and tokenization off the engine's loop (measured in
-    docs/benchmarks.md), more only take cores away from the forward passes.
+
+def default_frontends(device_spec: str) -> int:
+    """Front-end processes for ``--frontends auto``.
+
+    GPU hosts: the engine needs a loop and its device threads, so the other cores run front
+    ends (up to 8), which keep the GPU fed with tokenized batches. CPU-only hosts: 0, one
+    process. The model's forward passes need the cores there, and on a 2-core machine one
+    process served more in every workload than one or two front ends (docs/benchmarks.md).
     """
-    cores = os.cpu_count() or 1
-    if any(d.startswith("cuda") for d in devices):
-        return max(1, min(8, cores - 2))
-    return 1
+    if gpu_host(device_spec):
+        return max(1, min(8, (os.cpu_count() or 1) - 2))
+    return 0
 
 
 class ChildFailed(Exception):
@@ -138,9 +150,11 @@ def _exit_text(status: int) -> str:
 
 
 class Supervisor:
-    def __init__(self, config: ServerConfig, frontends: int | None):
+    def __init__(self, config: ServerConfig, frontends: int):
+        if frontends < 1:
+            raise ValueError("a supervisor runs at least one front-end process")
         self.config = config
-        self.requested_frontends = frontends
+        self.frontends = frontends
         self.port: int | None = None
         self._runtime = Path(tempfile.mkdtemp(prefix="semserve-"))
         self._address = f"ipc://{self._runtime}/engine"
@@ -179,9 +193,7 @@ class Supervisor:
 
         self._engine = await Child.start("engine", "semserve.process.engine_main", arguments)
         started = json.loads(await self._engine.ready())
-        count = self.requested_frontends
-        if count is None:
-            count = default_frontends(started["devices"])
+        count = self.frontends
         await asyncio.gather(*(self._start_frontend(i, arguments) for i in range(count)))
         log.info(
             "semserve listening on %s:%d; %s; %d front-end processes%s", cfg.host, self.port, started["summary"], count,
@@ -245,7 +257,7 @@ class Supervisor:
             await self._engine.stop(ENGINE_STOP_S)
 
 
-async def serve_with_frontends(config: ServerConfig, frontends: int | None) -> int:
+async def serve_with_frontends(config: ServerConfig, frontends: int) -> int:
     return await Supervisor(config, frontends).run()
 
 
@@ -255,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else argv
     config: ServerConfig = pickle.loads(Path(argv[0]).read_bytes())
-    frontends = int(argv[1]) if len(argv) > 1 and argv[1] != "auto" else None
+    frontends = int(argv[1]) if len(argv) > 1 and argv[1] != "auto" else max(1, default_frontends(config.device))
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return asyncio.run(serve_with_frontends(config, frontends))
 

@@ -14,7 +14,7 @@ import asyncio
 import collections
 import logging
 import time
-from typing import Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -23,7 +23,6 @@ from semserve.core.errors import QueueFull, ShuttingDown
 from semserve.core.types import TokenBatch
 from semserve.engine.batching.planner import batch_of_first
 from semserve.engine.batching.requests import BatchPart, QueuedRequest
-from semserve.engine.runtime.worker import DeviceWorker
 from semserve.engine.stats import ModelStats
 
 log = logging.getLogger(__name__)
@@ -32,8 +31,32 @@ log = logging.getLogger(__name__)
 _WINDOW_BATCHES = 4
 
 
+class Worker(Protocol):
+    """What the batcher needs of a device worker (runtime/worker.py): slots, load, and
+    ``process`` for a batch whose slot it reserved."""
+
+    on_slot_freed: Callable[[], None] | None
+
+    @property
+    def has_free_slot(self) -> bool: ...
+
+    @property
+    def is_idle(self) -> bool: ...
+
+    @property
+    def load(self) -> int: ...
+
+    def reserve_slot(self) -> None: ...
+
+    def release_slot(self) -> None: ...
+
+    async def process(self, batch: list[BatchPart]) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class DynamicBatcher:
-    def __init__(self, name: str, workers: Sequence[DeviceWorker], config: BatchingConfig, stats: ModelStats):
+    def __init__(self, name: str, workers: Sequence[Worker], config: BatchingConfig, stats: ModelStats):
         if not workers:
             raise ValueError("a batcher needs at least one worker")
         self.name = name
@@ -133,7 +156,7 @@ class DynamicBatcher:
             self._item_arrived.clear()
             await self._item_arrived.wait()
 
-    async def _wait_for_worker(self) -> DeviceWorker:
+    async def _wait_for_worker(self) -> Worker:
         while True:
             free = [w for w in self._workers if w.has_free_slot]
             if free:
