@@ -116,18 +116,22 @@ def test_a_model_loaded_through_one_front_end_is_served_by_all(two_frontends, ti
 def test_a_deadline_that_expires_in_the_engine_queue_gives_deadline_exceeded_and_no_compute(two_frontends):
     with SemserveClient(two_frontends.address) as c:
         before = next(m.stats.items for m in c.info().models if m.name == "tiny")
-        busy = c.encoder.Embed.future(
-            encoder_pb2.EmbedRequest(model="tiny", texts=[f"busy text number {i} " + "word " * 20 for i in range(1024)]),
-            timeout=120,
-        )
-        time.sleep(0.2)  # the big request is queued in the engine first
+        # two requests of 1024 long texts in batches of 8 keep the engine busy for well over a second
+        busy = [
+            c.encoder.Embed.future(
+                encoder_pb2.EmbedRequest(model="tiny", texts=[f"busy {k} {i} " + "word " * 50 for i in range(1024)]),
+                timeout=120,
+            )
+            for k in range(2)
+        ]
+        time.sleep(0.2)  # the big requests are queued in the engine first
         with pytest.raises(grpc.RpcError) as err:
             c.encoder.Embed(encoder_pb2.EmbedRequest(model="tiny", texts=["late " + "word " * 40]), timeout=0.3)
         assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        assert len(busy.result().embeddings) == 1024
+        assert [len(b.result().embeddings) for b in busy] == [1024, 1024]
         time.sleep(0.2)
         after = next(m.stats.items for m in c.info().models if m.name == "tiny")
-    assert after - before == 1024  # the expired text was never computed
+    assert after - before == 2048  # the expired text was never computed
 
 
 def test_a_killed_front_end_is_replaced_and_calls_go_on(tiny_folder):

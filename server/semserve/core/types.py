@@ -19,6 +19,24 @@ DOT = "dot"
 COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
+# Arrays up to this size travel inside the pickled header; larger ones as frames of their own.
+_INLINE_BYTES = 16384
+
+
+def _pack_array(array: np.ndarray | None):
+    """Small arrays as bytes (cheaper to pickle than an out-of-band buffer); large ones as is."""
+    if array is None or array.nbytes > _INLINE_BYTES:
+        return array
+    return (array.tobytes(), array.dtype.str, array.shape)
+
+
+def _unpack_array(packed) -> np.ndarray | None:
+    if packed is None or isinstance(packed, np.ndarray):
+        return packed
+    data, dtype, shape = packed
+    return np.frombuffer(data, dtype=dtype).reshape(shape)
+
+
 @dataclass(slots=True)
 class TokenBatch:
     """Token ids of a request's inputs, flat: input i is ``ids[offsets[i]:offsets[i + 1]]``.
@@ -31,10 +49,16 @@ class TokenBatch:
     ids: np.ndarray  # int32, (total,)
     offsets: np.ndarray  # int64, (n + 1,)
     type_ids: np.ndarray | None = None  # int8, (total,)
+    _lengths: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def lengths(self) -> np.ndarray:
-        return np.diff(self.offsets)
+        if self._lengths is None:
+            self._lengths = np.diff(self.offsets)
+        return self._lengths
+
+    def __reduce__(self):
+        return _token_batch, (_pack_array(self.ids), _pack_array(self.offsets), _pack_array(self.type_ids))
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -68,6 +92,10 @@ class Timing:
     padded_tokens: int = 0
     batches: int = 0
 
+    def __reduce__(self):
+        return Timing, (self.queue_s, self.tokenization_s, self.inference_s, self.transport_s, self.compute_tokens,
+                        self.padded_tokens, self.batches)
+
     def merge(self, other: "Timing") -> None:
         self.queue_s = max(self.queue_s, other.queue_s)
         self.tokenization_s += other.tokenization_s
@@ -83,11 +111,30 @@ class EncodeResult:
     vectors: np.ndarray  # float32 (n, dimension), not normalised unless the model's folder does it
     timing: Timing
 
+    def __reduce__(self):
+        return _encode_result, (_pack_array(self.vectors), self.timing)
+
 
 @dataclass(slots=True)
 class ScoreResult:
     scores: np.ndarray  # float32 (n,) for one label, (n, labels) otherwise
     timing: Timing
+
+    def __reduce__(self):
+        return _score_result, (_pack_array(self.scores), self.timing)
+
+
+# Rebuilders for pickle (module-level functions pickle by name).
+def _token_batch(ids, offsets, type_ids) -> TokenBatch:
+    return TokenBatch(_unpack_array(ids), _unpack_array(offsets), _unpack_array(type_ids))
+
+
+def _encode_result(vectors, timing) -> EncodeResult:
+    return EncodeResult(_unpack_array(vectors), timing)
+
+
+def _score_result(scores, timing) -> ScoreResult:
+    return ScoreResult(_unpack_array(scores), timing)
 
 
 @dataclass(slots=True)

@@ -153,13 +153,16 @@ class Engine:
         longest = int(tokens.lengths.max())
         if longest > model.max_tokens:
             raise InvalidArgument(f"an input has {longest} tokens, over model {model.name!r}'s max_tokens {model.max_tokens}")
-        with model.in_use():
+        model.active_requests += 1  # an unload waits for these (HostedModel.wait_idle)
+        try:
             future = model.batcher.submit(tokens, deadline)
             try:
                 return await future
             finally:
                 if not future.done():  # the call was cancelled: its queued inputs are dropped
                     future.cancel()
+        finally:
+            model.release()
 
     async def encode(self, model: str, tokens: TokenBatch, deadline: float | None) -> EncodeResult:
         request = await self._run(self.registry.get(model, ENCODER), tokens, deadline)

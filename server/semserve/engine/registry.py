@@ -5,7 +5,6 @@ the kind the RPC needs."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 from dataclasses import dataclass, field
@@ -52,16 +51,11 @@ class HostedModel:
     active_requests: int = 0
     _idle: asyncio.Event | None = None
 
-    @contextlib.contextmanager
-    def in_use(self):
-        """Count a request as using the model from its first step to its reply."""
-        self.active_requests += 1
-        try:
-            yield self
-        finally:
-            self.active_requests -= 1
-            if self.active_requests == 0 and self._idle is not None:
-                self._idle.set()
+    def release(self) -> None:
+        """One request that counted itself in ``active_requests`` is done with the model."""
+        self.active_requests -= 1
+        if self.active_requests == 0 and self._idle is not None:
+            self._idle.set()
 
     async def wait_idle(self, timeout_s: float) -> bool:
         """Wait until no request uses the model; False if some still do after timeout_s."""
