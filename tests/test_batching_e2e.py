@@ -20,6 +20,13 @@ def stats(c: SemserveClient):
     return c.info().models[0].stats
 
 
+def wait_until_in_the_engine(c: SemserveClient, requests: int) -> None:
+    """Until that many requests are queued or computing (tokenizing a long one takes a while)."""
+    deadline = time.monotonic() + 30
+    while stats(c).active_requests < requests and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
 def test_64_concurrent_single_text_calls_share_few_forward_passes(client, bundled_st):
     texts = [f"concurrent request number {i} about topic {i % 7}" for i in range(64)]
     before = stats(client)
@@ -74,7 +81,7 @@ def test_expired_deadline_is_dropped_before_compute(small_queue_server):
     with SemserveClient(small_queue_server.address) as c:
         before = stats(c)
         big = c.encoder.Embed.future(encoder_pb2.EmbedRequest(texts=[LONG] * 16), timeout=120)
-        time.sleep(0.05)
+        wait_until_in_the_engine(c, 1)
         with pytest.raises(grpc.RpcError) as err:
             c.encoder.Embed(encoder_pb2.EmbedRequest(texts=["too late"]), timeout=0.05)
         assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
@@ -88,9 +95,9 @@ def test_cancelled_call_is_dropped_before_compute(small_queue_server):
     with SemserveClient(small_queue_server.address) as c:
         before = stats(c)
         big = c.encoder.Embed.future(encoder_pb2.EmbedRequest(texts=[LONG] * 16), timeout=120)
-        time.sleep(0.05)
+        wait_until_in_the_engine(c, 1)
         doomed = c.encoder.Embed.future(encoder_pb2.EmbedRequest(texts=["never mind"] * 4), timeout=120)
-        time.sleep(0.05)
+        wait_until_in_the_engine(c, 2)
         assert doomed.cancel()
         big.result()
         time.sleep(0.2)

@@ -124,7 +124,9 @@ def test_a_deadline_that_expires_in_the_engine_queue_gives_deadline_exceeded_and
             )
             for k in range(2)
         ]
-        time.sleep(0.2)  # the big requests are queued in the engine first
+        # the big requests reach the engine first (tokenizing them takes a while)
+        wait_for(lambda: next(m.stats.active_requests for m in c.info().models if m.name == "tiny") >= 2, 30,
+                 "the big requests to reach the engine")
         with pytest.raises(grpc.RpcError) as err:
             c.encoder.Embed(encoder_pb2.EmbedRequest(model="tiny", texts=["late " + "word " * 40]), timeout=0.3)
         assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
