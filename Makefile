@@ -30,8 +30,11 @@ node-install: $(NODE_STAMP)
 serve: install
 	$(VENV)/bin/semserve serve $(SERVE_ARGS)
 
+# The suite runs twice: in one process, then against the multi-process server (a supervisor, an
+# engine process and two front-end processes); fine-tuning tests start no server and run once.
 test: install node-install
 	$(PY) -m pytest $(PYTEST_ARGS)
+	SEMSERVE_TEST_FRONTENDS=2 $(PY) -m pytest --ignore=tests/test_finetune.py $(PYTEST_ARGS)
 
 protos: install
 	$(PY) protos/generate.py
