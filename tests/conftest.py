@@ -78,10 +78,15 @@ def start_server(config: ServerConfig, frontends: int | None = None):
 
 
 def server_config(encoders=None, rerankers=(), **overrides) -> ServerConfig:
-    """A loopback CPU server config; keyword overrides go to ServerConfig, BatchingConfig or RequestLimits."""
+    """A loopback CPU server config; keyword overrides go to ServerConfig, BatchingConfig or RequestLimits.
+
+    The batch policy is fixed unless ``policy="measured"`` is given."""
     batching_fields = {f.name for f in dataclasses.fields(BatchingConfig)}
     limits_fields = {f.name for f in dataclasses.fields(RequestLimits)}
     batching = {k: overrides.pop(k) for k in list(overrides) if k in batching_fields}
+    # Tests pin the batcher's numbers unless they ask for the measured policy themselves.
+    batching.setdefault("policy", "fixed")
+    batching.setdefault("explicit", frozenset(k for k in batching if k.startswith("max_batch")))
     limits = {k: overrides.pop(k) for k in list(overrides) if k in limits_fields}
     if encoders is None:
         encoders = (ModelSpec(BUNDLED_NAME, default_encoder_path(), "encoder"),)

@@ -48,9 +48,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "0 for a single process, or auto (GPU hosts: cores - 2, at most 8; CPU-only hosts: 0) (SEMSERVE_FRONTENDS)")
     s.add_argument("--device", default=_env("device", "auto"), help="auto, cpu, cuda, or cuda:0,cuda:1 (SEMSERVE_DEVICE)")
     s.add_argument("--dtype", default=_env("dtype", "auto"), help="auto, float32, float16, bfloat16 (SEMSERVE_DTYPE)")
-    s.add_argument("--max-batch-tokens", type=int, default=_env("max_batch_tokens", b.max_batch_tokens),
-                   help="padded tokens per batch (items x longest)")
-    s.add_argument("--max-batch-size", type=int, default=_env("max_batch_size", b.max_batch_size), help="items per batch")
+    s.add_argument("--batch-policy", choices=("measured", "fixed"), default=_env("batch_policy", b.policy),
+                   help="measured: time each model on its devices at load and choose the batch budget and size "
+                   "cap from it (cached in the data dir); fixed: use --max-batch-tokens/--max-batch-size as they "
+                   "are (SEMSERVE_BATCH_POLICY)")
+    s.add_argument("--calibration-seconds", type=float, default=_env("calibration_seconds", b.calibration_seconds),
+                   help="time the batching measurement may take per model and device")
+    s.add_argument("--max-batch-tokens", type=int, default=_env("max_batch_tokens", None),
+                   help=f"padded tokens per batch (items x longest); given, it overrides the measurement "
+                   f"(fixed policy default {b.max_batch_tokens})")
+    s.add_argument("--max-batch-size", type=int, default=_env("max_batch_size", None),
+                   help=f"items per batch; given, it overrides the measurement (fixed policy default {b.max_batch_size})")
     s.add_argument("--max-queue-delay-ms", type=float, default=_env("max_queue_delay_ms", b.max_queue_delay_us / 1000),
                    help="how long the oldest queued item waits for companions")
     s.add_argument("--max-queue-size", type=int, default=_env("max_queue_size", b.max_queue_size),
@@ -122,8 +130,13 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         device=args.device,
         dtype=args.dtype,
         batching=BatchingConfig(
-            max_batch_tokens=args.max_batch_tokens,
-            max_batch_size=args.max_batch_size,
+            max_batch_tokens=args.max_batch_tokens if args.max_batch_tokens is not None else BatchingConfig.max_batch_tokens,
+            max_batch_size=args.max_batch_size if args.max_batch_size is not None else BatchingConfig.max_batch_size,
+            policy=args.batch_policy,
+            calibration_seconds=args.calibration_seconds,
+            explicit=frozenset(
+                name for name in ("max_batch_tokens", "max_batch_size") if getattr(args, name) is not None
+            ),
             max_queue_delay_us=round(args.max_queue_delay_ms * 1000),
             max_queue_size=args.max_queue_size,
             max_queue_tokens=args.max_queue_tokens,

@@ -32,6 +32,14 @@ class BatchingConfig:
     # Batches a worker holds at once: one computing, the next being prepared (padding,
     # host-to-device copy) meanwhile.
     worker_pipeline_depth: int = 2
+    # "measured": at start (and on LoadModel) each model is timed on its devices and the batch
+    # budget and size cap are chosen from the measurement (engine/runtime/calibration.py);
+    # "fixed": the values above as they are.
+    policy: str = "measured"
+    # Time the measurement may take per model and device (a cached measurement takes none).
+    calibration_seconds: float = 5.0
+    # Fields given explicitly (flags, variables): the measurement never overrides them.
+    explicit: frozenset[str] = frozenset()
 
     def validate(self) -> None:
         for name in ("max_batch_tokens", "max_batch_size", "max_queue_size", "max_queue_tokens"):
@@ -41,6 +49,10 @@ class BatchingConfig:
             raise ConfigError(f"max_queue_delay_us must be >= 0, got {self.max_queue_delay_us}")
         if self.worker_pipeline_depth < 1:
             raise ConfigError("worker_pipeline_depth must be >= 1")
+        if self.policy not in ("measured", "fixed"):
+            raise ConfigError(f"batch policy must be measured or fixed, got {self.policy!r}")
+        if self.calibration_seconds <= 0:
+            raise ConfigError(f"calibration_seconds must be > 0, got {self.calibration_seconds}")
 
 
 @dataclass(frozen=True)

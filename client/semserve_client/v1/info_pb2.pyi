@@ -25,8 +25,26 @@ class ModelStats(_message.Message):
     active_requests: int
     def __init__(self, batches: _Optional[int] = ..., items: _Optional[int] = ..., tokens: _Optional[int] = ..., padded_tokens: _Optional[int] = ..., queued_items: _Optional[int] = ..., rejected_requests: _Optional[int] = ..., active_requests: _Optional[int] = ...) -> None: ...
 
+class BatchingInfo(_message.Message):
+    __slots__ = ("policy", "max_batch_tokens", "max_batch_size", "measured_tokens_per_second", "calibration_seconds", "from_cache", "cuda_graph_batch_sizes")
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MEASURED_TOKENS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    FROM_CACHE_FIELD_NUMBER: _ClassVar[int]
+    CUDA_GRAPH_BATCH_SIZES_FIELD_NUMBER: _ClassVar[int]
+    policy: str
+    max_batch_tokens: int
+    max_batch_size: int
+    measured_tokens_per_second: float
+    calibration_seconds: float
+    from_cache: bool
+    cuda_graph_batch_sizes: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, policy: _Optional[str] = ..., max_batch_tokens: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., measured_tokens_per_second: _Optional[float] = ..., calibration_seconds: _Optional[float] = ..., from_cache: _Optional[bool] = ..., cuda_graph_batch_sizes: _Optional[_Iterable[int]] = ...) -> None: ...
+
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "kind", "dimension", "max_tokens", "devices", "dtype", "path", "is_default", "pooling", "stats")
+    __slots__ = ("name", "kind", "dimension", "max_tokens", "devices", "dtype", "path", "is_default", "pooling", "stats", "batching")
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
@@ -37,6 +55,7 @@ class ModelInfo(_message.Message):
     IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
     POOLING_FIELD_NUMBER: _ClassVar[int]
     STATS_FIELD_NUMBER: _ClassVar[int]
+    BATCHING_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: _common_pb2.ModelKind
     dimension: int
@@ -47,7 +66,8 @@ class ModelInfo(_message.Message):
     is_default: bool
     pooling: str
     stats: ModelStats
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[_common_pb2.ModelKind, str]] = ..., dimension: _Optional[int] = ..., max_tokens: _Optional[int] = ..., devices: _Optional[_Iterable[str]] = ..., dtype: _Optional[str] = ..., path: _Optional[str] = ..., is_default: _Optional[bool] = ..., pooling: _Optional[str] = ..., stats: _Optional[_Union[ModelStats, _Mapping]] = ...) -> None: ...
+    batching: BatchingInfo
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[_common_pb2.ModelKind, str]] = ..., dimension: _Optional[int] = ..., max_tokens: _Optional[int] = ..., devices: _Optional[_Iterable[str]] = ..., dtype: _Optional[str] = ..., path: _Optional[str] = ..., is_default: _Optional[bool] = ..., pooling: _Optional[str] = ..., stats: _Optional[_Union[ModelStats, _Mapping]] = ..., batching: _Optional[_Union[BatchingInfo, _Mapping]] = ...) -> None: ...
 
 class Limits(_message.Message):
     __slots__ = ("max_texts_per_request", "max_documents_per_rerank", "max_queue_size", "max_queue_tokens", "max_receive_message_bytes", "max_send_message_bytes", "max_batch_tokens", "max_batch_size", "max_queue_delay_us", "max_top_k", "max_queries_per_search", "max_documents_per_upsert")

@@ -149,6 +149,20 @@ class ModelCounters:
 
 
 @dataclass(slots=True)
+class BatchingInfo:
+    """How a model's batcher cuts batches, and where the numbers came from."""
+
+    policy: str  # "measured" or "fixed"
+    max_batch_tokens: int
+    max_batch_size: int
+    # Measured throughput at the chosen budget, all devices together (0 when not measured).
+    tokens_per_s: float = 0.0
+    calibration_s: float = 0.0
+    from_cache: bool = False
+    graph_batch_sizes: list[int] = field(default_factory=list)
+
+
+@dataclass(slots=True)
 class ModelDescriptor:
     """A hosted model as callers see it. ``load_id`` changes when a name is loaded again."""
 
@@ -163,6 +177,7 @@ class ModelDescriptor:
     pooling: str
     is_default: bool
     counters: ModelCounters | None = None
+    batching: BatchingInfo | None = None
 
 
 @dataclass(slots=True)

@@ -62,11 +62,20 @@ class Engine:
 
     # -- lifecycle -------------------------------------------------------------------------
 
+    @property
+    def calibration_dir(self):
+        """Batching measurements are cached in the data dir, so restarts skip them."""
+        data_dir = self.config.search.data_dir
+        return data_dir / "calibration" if data_dir is not None else None
+
+    def _load(self, spec: ModelSpec) -> HostedModel:
+        cfg = self.config
+        return load_model(spec, self.devices, cfg.dtype, cfg.batching, cfg.cuda_graphs, self.calibration_dir)
+
     def load_models(self) -> None:
         """Load every configured model (blocking; before serving)."""
-        cfg = self.config
-        for spec in (*cfg.encoders, *cfg.rerankers):
-            self.registry.add(load_model(spec, self.devices, cfg.dtype, cfg.batching, cfg.cuda_graphs))
+        for spec in (*self.config.encoders, *self.config.rerankers):
+            self.registry.add(self._load(spec))
         self.models_epoch += 1
 
     async def start(self) -> None:
@@ -117,11 +126,8 @@ class Engine:
         self.registry.reserve(name)
         try:
             spec = ModelSpec.parse(f"{name}={path}", kind)
-            cfg = self.config
             try:
-                model = await asyncio.get_running_loop().run_in_executor(
-                    None, load_model, spec, self.devices, cfg.dtype, cfg.batching, cfg.cuda_graphs
-                )
+                model = await asyncio.get_running_loop().run_in_executor(None, self._load, spec)
             except ModelLoadError as exc:
                 raise FailedPrecondition(f"cannot load {path}: {exc}") from None
             model.batcher.start()

@@ -5,6 +5,7 @@ the kind the RPC needs."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 from dataclasses import dataclass, field
@@ -13,8 +14,10 @@ from typing import Any
 
 from semserve.config import BatchingConfig, ModelSpec
 from semserve.core.errors import AlreadyExists, ModelNotFound, NoModelOfKind, WrongModelKind
-from semserve.core.types import CROSS_ENCODER, ENCODER, ModelCounters, ModelDescriptor, TokenizerSpec
+from semserve.core.types import CROSS_ENCODER, ENCODER, BatchingInfo, ModelCounters, ModelDescriptor, TokenizerSpec
 from semserve.engine.batching import DynamicBatcher
+from semserve.engine.runtime import calibration
+from semserve.engine.runtime.cuda_graphs import graph_batch_sizes
 from semserve.engine.runtime.devices import dtype_name, resolve_dtype
 from semserve.engine.runtime.runners import ModelRunner
 from semserve.engine.runtime.worker import DeviceWorker
@@ -47,6 +50,7 @@ class HostedModel:
     # The loaded modules, one per device (kept for heads that act after the batch, e.g. activation).
     replicas: list[Any] = field(default_factory=list)
     load_id: int = 0
+    batching: BatchingInfo | None = None
     # Requests currently using this model; an unload waits for them so none is lost.
     active_requests: int = 0
     _idle: asyncio.Event | None = None
@@ -69,7 +73,8 @@ class HostedModel:
 
 
 def load_model(
-    spec: ModelSpec, devices: list[str], dtype_spec: str, batching: BatchingConfig, cuda_graphs: bool = True
+    spec: ModelSpec, devices: list[str], dtype_spec: str, batching: BatchingConfig, cuda_graphs: bool = True,
+    calibration_dir: Path | None = None,
 ) -> HostedModel:
     """Load one replica per device and build the model's workers and batcher.
 
@@ -94,10 +99,10 @@ def load_model(
     first = replicas[0]
     load_id = next(_LOAD_IDS)
     tokenizer = tokenizer_spec(spec.name, load_id, first)
-    for model in replicas:
-        workers.append(
-            DeviceWorker(ModelRunner(model, tokenizer.pad_id, cuda_graphs), stats, batching.worker_pipeline_depth)
-        )
+    runners = [ModelRunner(model, tokenizer.pad_id, cuda_graphs) for model in replicas]
+    dtype = dtype_name(resolve_dtype(dtype_spec, devices[0]))
+    batching, info = choose_batching(spec, runners, devices, dtype, batching, cuda_graphs, calibration_dir)
+    workers = [DeviceWorker(runner, stats, batching.worker_pipeline_depth) for runner in runners]
     # A single input may never exceed the batch budget, or it could not be batched at all.
     if batching.max_batch_tokens < first.max_tokens:
         log.warning(
@@ -112,13 +117,59 @@ def load_model(
         batcher=DynamicBatcher(spec.name, workers, batching, stats),
         stats=stats,
         devices=list(devices),
-        dtype=dtype_name(resolve_dtype(dtype_spec, devices[0])),
+        dtype=dtype,
         max_tokens=first.max_tokens,
         dimension=first.dimension if spec.kind == ENCODER else first.num_labels,
         pooling=getattr(first, "pooling", "") if spec.kind == ENCODER else "",
         replicas=replicas,
         load_id=load_id,
+        batching=info,
     )
+
+
+def choose_batching(
+    spec: ModelSpec, runners: list[ModelRunner], devices: list[str], dtype: str, batching: BatchingConfig,
+    cuda_graphs: bool, calibration_dir: Path | None,
+) -> tuple[BatchingConfig, BatchingInfo]:
+    """The batcher's budget and size cap: measured on every device (engine/runtime/calibration.py)
+    unless the policy is fixed; values given explicitly are kept. One line per model and device."""
+    if batching.policy != "measured":
+        return batching, BatchingInfo("fixed", batching.max_batch_tokens, batching.max_batch_size)
+    choices = []
+    for runner, device in zip(runners, devices):
+        cache_file = None
+        if calibration_dir is not None:
+            key = calibration.cache_key(spec.path, device, calibration.device_name(device), dtype, cuda_graphs)
+            cache_file = calibration_dir / f"{spec.name}-{key}.json"
+        choice = calibration.calibrate(
+            runner.forward_shape, max_tokens=runner.model.max_tokens, budget_s=batching.calibration_seconds,
+            cache_file=cache_file,
+        )
+        choices.append(choice)
+        log.info(
+            "batching %s on %s: max_batch_tokens %d, max_batch_size %d (%.0f tokens/s there, best %.0f); %s",
+            spec.name, device, choice.max_batch_tokens, choice.max_batch_size, choice.tokens_per_s,
+            choice.best_tokens_per_s,
+            "measurement from the cache" if choice.cached else f"measured in {choice.seconds:.1f}s",
+        )
+    # One batcher feeds every replica: the first device's shape, the devices' summed throughput.
+    first = choices[0]
+    effective = dataclasses.replace(
+        batching,
+        max_batch_tokens=batching.max_batch_tokens if "max_batch_tokens" in batching.explicit else first.max_batch_tokens,
+        max_batch_size=batching.max_batch_size if "max_batch_size" in batching.explicit else first.max_batch_size,
+    )
+    graph_sizes: list[int] = []
+    for runner in runners:
+        if runner.graphs is not None:
+            runner.graphs.batch_buckets = graph_batch_sizes(effective.max_batch_size)
+            graph_sizes = list(runner.graphs.batch_buckets)
+    info = BatchingInfo(
+        policy="measured", max_batch_tokens=effective.max_batch_tokens, max_batch_size=effective.max_batch_size,
+        tokens_per_s=sum(c.tokens_per_s for c in choices), calibration_s=sum(c.seconds for c in choices),
+        from_cache=all(c.cached for c in choices), graph_batch_sizes=graph_sizes,
+    )
+    return effective, info
 
 
 def tokenizer_spec(name: str, load_id: int, model) -> TokenizerSpec:
@@ -142,7 +193,7 @@ def describe(model: HostedModel, is_default: bool, with_counters: bool = False) 
     return ModelDescriptor(
         name=model.name, kind=model.kind, load_id=model.load_id, dimension=model.dimension,
         max_tokens=model.max_tokens, devices=list(model.devices), dtype=model.dtype, path=str(model.path),
-        pooling=model.pooling, is_default=is_default, counters=counters,
+        pooling=model.pooling, is_default=is_default, counters=counters, batching=model.batching,
     )
 
 

@@ -26,6 +26,13 @@ def model_info(model: ModelDescriptor) -> info_pb2.ModelInfo:
         is_default=model.is_default,
         pooling=model.pooling,
     )
+    b = model.batching
+    if b is not None:
+        info.batching.CopyFrom(info_pb2.BatchingInfo(
+            policy=b.policy, max_batch_tokens=b.max_batch_tokens, max_batch_size=b.max_batch_size,
+            measured_tokens_per_second=b.tokens_per_s, calibration_seconds=b.calibration_s, from_cache=b.from_cache,
+            cuda_graph_batch_sizes=b.graph_batch_sizes,
+        ))
     c = model.counters
     if c is not None:
         info.stats.CopyFrom(info_pb2.ModelStats(

@@ -42,7 +42,9 @@ class ModelDirectory:
             # does not pay for it (building one from its JSON takes tens of milliseconds).
             for key in live - set(tokenizers):
                 try:
-                    tokenizers[key] = TextTokenizer(await self._core.tokenizer(key[0]))
+                    tokenizer = TextTokenizer(await self._core.tokenizer(key[0]))
+                    tokenizer.encode(["warm up"], True)  # the first call of a tokenizer pays its set-up
+                    tokenizers[key] = tokenizer
                 except ModelNotFound:  # unloaded meanwhile; the next refresh sees it gone
                     pass
             self._models = {m.name: m for m in table.models if (m.name, m.load_id) in tokenizers}

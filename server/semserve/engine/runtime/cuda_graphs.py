@@ -32,9 +32,16 @@ class _Graph:
     out: torch.Tensor
 
 
-def bucket_for(rows: int, width: int, max_width: int) -> tuple[int, int] | None:
+def graph_batch_sizes(max_batch_size: int) -> tuple[int, ...]:
+    """Batch buckets for a batcher whose batches hold at most ``max_batch_size`` items: the
+    standard buckets below it, and the cap itself so that full batches replay too."""
+    return tuple(sorted({b for b in BATCH_BUCKETS if b < max_batch_size} | {max_batch_size}))
+
+
+def bucket_for(rows: int, width: int, max_width: int,
+               batch_buckets: tuple[int, ...] = BATCH_BUCKETS) -> tuple[int, int] | None:
     """The (batch, length) bucket of a padded batch, or None when it fits no bucket."""
-    batch = next((b for b in BATCH_BUCKETS if b >= rows), None)
+    batch = next((b for b in batch_buckets if b >= rows), None)
     length = -(-width // LENGTH_STEP) * LENGTH_STEP
     if batch is None or width > max_width:
         return None
@@ -49,10 +56,12 @@ class GraphedForward:
         self._graphs: dict[tuple[int, int], _Graph] = {}
         self._pool = torch.cuda.graph_pool_handle()
         self.enabled = True
+        # Chosen by the batching calibration (engine/runtime/calibration.py), else the defaults.
+        self.batch_buckets: tuple[int, ...] = BATCH_BUCKETS
 
     def __call__(self, ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
         rows, width = ids.shape
-        key = bucket_for(rows, width, self.max_width) if self.enabled else None
+        key = bucket_for(rows, width, self.max_width, self.batch_buckets) if self.enabled else None
         if key is None:
             return self.model(ids, mask, types)
         entry = self._graphs.get(key)

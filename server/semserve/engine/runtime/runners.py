@@ -92,6 +92,17 @@ class ModelRunner:
 
             self._forward = GraphedForward(model, self._device, model.max_tokens)
 
+    @property
+    def graphs(self):
+        """The CUDA graph replayer, or None (CPU, or graphs off)."""
+        return self._forward if self._forward is not self.model else None
+
+    def forward_shape(self, rows: int, length: int) -> None:
+        """One forward pass of a full (rows, length) batch, as serving runs it (for calibration)."""
+        ids = torch.full((rows, length), self._pad_id + 1, dtype=torch.long, device=self._device)
+        mask = torch.ones_like(ids)
+        self.run(PaddedBatch(ids, mask, torch.zeros_like(ids)))
+
     def prepare(self, parts: Sequence[BatchPart]) -> PaddedBatch:
         return pad_parts(parts, self._pad_id, self._device)
 
