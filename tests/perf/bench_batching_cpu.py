@@ -81,7 +81,7 @@ def main() -> int:
     workloads = {
         "one_at_a_time": dict(mode="embed", request_size=1, concurrency=1),
         "single_64_in_flight": dict(mode="embed", request_size=1, concurrency=64),
-        "32_text_8_in_flight": dict(mode="embed", request_size=32, concurrency=8),
+        "32_text_2_in_flight": dict(mode="embed", request_size=32, concurrency=2),
     }
     for policy in ("fixed", "measured"):
         proc, address, start_s = start(policy)
