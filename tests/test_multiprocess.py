@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import pytest
 from conftest import ProcessServer, server_config
 from semserve.config import ModelSpec
 from semserve_client import SemserveClient
-from semserve_client.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc, info_pb2, info_pb2_grpc
+from semserve_client.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc, info_pb2
 
 TOKEN = "mp-admin-token"
 AUTH = (("authorization", f"Bearer {TOKEN}"),)
