@@ -12,21 +12,13 @@ from typing import Awaitable, Callable
 
 import grpc
 
-from semserve.core.errors import CoreError, FailedPrecondition, InvalidArgument, NotFound
+from semserve.core.errors import CoreError, InvalidArgument
 
 log = logging.getLogger(__name__)
 
 
 def invalid_argument(message: str) -> CoreError:
     return InvalidArgument(message)
-
-
-def not_found(message: str) -> CoreError:
-    return NotFound(message)
-
-
-def failed_precondition(message: str) -> CoreError:
-    return FailedPrecondition(message)
 
 
 class ServiceError(CoreError):
