@@ -268,3 +268,39 @@ def test_a_failing_batch_fails_its_items_and_the_batcher_goes_on():
         return good
 
     assert asyncio.run(main()) == "fine"
+
+
+def test_a_request_whose_estimated_wait_exceeds_max_queue_time_is_refused_at_once():
+    async def main():
+        runner = FakeRunner()
+        runner.gate.clear()
+        batcher, runner, stats = make(BatchingConfig(max_queue_time_ms=100, max_queue_delay_us=0,
+                                                     worker_pipeline_depth=1), runner)
+        batcher.tokens_per_s = 1000.0  # as measured: 100 ms of queue is 100 tokens
+        held = submit(batcher, [("busy", 1)])
+        await asyncio.sleep(0.05)  # the worker holds it; the queue is empty
+        first = submit(batcher, [(1, 60)])  # 60 ms of work: admitted
+        started = time.monotonic()
+        with pytest.raises(QueueFull, match="would wait about 120 ms"):
+            submit(batcher, [(2, 60)])  # 60 queued + 60 = 120 ms > 100 ms
+        refused_in = time.monotonic() - started
+        batcher.tokens_per_s = 0.0  # no measurement: only the size bounds apply
+        third = submit(batcher, [(3, 60)])
+        runner.gate.set()
+        await asyncio.gather(held, first, third)
+        await batcher.stop()
+        return stats, refused_in
+
+    stats, refused_in = asyncio.run(main())
+    assert stats.rejected_requests == 1 and refused_in < 0.01
+
+
+def test_an_empty_queue_admits_even_a_request_longer_than_the_bound():
+    async def main():
+        batcher, _, _ = make(BatchingConfig(max_queue_time_ms=1, max_queue_delay_us=0))
+        batcher.tokens_per_s = 10.0
+        result = await submit(batcher, [(1, 50)])  # 5 s at the measured rate, but nothing is ahead
+        await batcher.stop()
+        return labels(result)
+
+    assert asyncio.run(main()) == [1]

@@ -192,3 +192,12 @@ def test_async_client(search_server, corpus):
             return [r.results[0].hits[0].id for r in hits]
 
     assert asyncio.run(main()) == ["p"] * 4
+
+
+def test_a_dimension_over_the_limit_is_refused_before_any_allocation(sc):
+    limit = sc.info().limits.max_dimension
+    assert limit == 8192
+    for dimension in (limit + 1, 500_000, 2**32 - 1):
+        code, message = code_of(lambda: sc.create_collection(f"huge{dimension}", dimension=dimension))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "max_dimension" in message
+    assert not [c for c in sc.list_collections() if c.name.startswith("huge")]

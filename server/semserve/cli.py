@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="items waiting per model before RESOURCE_EXHAUSTED")
     s.add_argument("--max-queue-tokens", type=int, default=_env("max_queue_tokens", b.max_queue_tokens),
                    help="tokens waiting per model before RESOURCE_EXHAUSTED")
+    s.add_argument("--max-queue-time-ms", type=float, default=_env("max_queue_time_ms", b.max_queue_time_ms),
+                   help="refuse a request at once (RESOURCE_EXHAUSTED) when its estimated wait, queued tokens / the "
+                   "model's measured tokens/s, is longer; 0 turns it off (needs the measured batch policy)")
     s.add_argument("--max-texts-per-request", type=int, default=_env("max_texts_per_request", l.max_texts_per_request))
     s.add_argument("--max-documents-per-rerank", type=int,
                    default=_env("max_documents_per_rerank", l.max_documents_per_rerank))
@@ -140,6 +143,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             max_queue_delay_us=round(args.max_queue_delay_ms * 1000),
             max_queue_size=args.max_queue_size,
             max_queue_tokens=args.max_queue_tokens,
+            max_queue_time_ms=args.max_queue_time_ms,
         ),
         limits=RequestLimits(
             max_texts_per_request=args.max_texts_per_request,

@@ -29,6 +29,11 @@ class BatchingConfig:
     max_queue_size: int = 8192
     # Tokens that may wait in one model's queue.
     max_queue_tokens: int = 2_000_000
+    # A request whose estimated wait (queued tokens / the model's measured tokens per second)
+    # exceeds this is refused at once with RESOURCE_EXHAUSTED (Triton's queue policy timeout is
+    # the precedent); 0 turns it off. Needs a measurement: with the fixed policy only the bounds
+    # above apply.
+    max_queue_time_ms: float = 2000.0
     # Batches a worker holds at once: one computing, the next being prepared (padding,
     # host-to-device copy) meanwhile.
     worker_pipeline_depth: int = 2
@@ -45,6 +50,8 @@ class BatchingConfig:
         for name in ("max_batch_tokens", "max_batch_size", "max_queue_size", "max_queue_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_queue_time_ms < 0:
+            raise ConfigError(f"max_queue_time_ms must be >= 0, got {self.max_queue_time_ms}")
         if self.max_queue_delay_us < 0:
             raise ConfigError(f"max_queue_delay_us must be >= 0, got {self.max_queue_delay_us}")
         if self.worker_pipeline_depth < 1:
@@ -64,6 +71,8 @@ class RequestLimits:
     max_top_k: int = 1000
     max_queries_per_search: int = 1024
     max_documents_per_upsert: int = 4096
+    # Largest embedding dimension of a collection (a dimension is memory per document).
+    max_dimension: int = 8192
     # gRPC message size bounds; larger messages are refused by gRPC with RESOURCE_EXHAUSTED.
     max_receive_message_bytes: int = 64 * 1024 * 1024
     max_send_message_bytes: int = 256 * 1024 * 1024
@@ -87,7 +96,7 @@ class SearchConfig:
     # Few queries may take bigger steps, up to this many scores per step (fewer kernel launches).
     max_score_elements: int = 1 << 24
     # Rows preallocated per shard when a collection is created; capacity doubles when full.
-    initial_capacity: int = 1024
+    initial_capacity: int = 64
     # Log records after which a collection is snapshotted and its log restarted.
     snapshot_every_records: int = 1000
     # Fraction of deleted rows in a shard above which it is compacted in the background.

@@ -70,7 +70,7 @@ class ModelInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[_common_pb2.ModelKind, str]] = ..., dimension: _Optional[int] = ..., max_tokens: _Optional[int] = ..., devices: _Optional[_Iterable[str]] = ..., dtype: _Optional[str] = ..., path: _Optional[str] = ..., is_default: _Optional[bool] = ..., pooling: _Optional[str] = ..., stats: _Optional[_Union[ModelStats, _Mapping]] = ..., batching: _Optional[_Union[BatchingInfo, _Mapping]] = ...) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_texts_per_request", "max_documents_per_rerank", "max_queue_size", "max_queue_tokens", "max_receive_message_bytes", "max_send_message_bytes", "max_batch_tokens", "max_batch_size", "max_queue_delay_us", "max_top_k", "max_queries_per_search", "max_documents_per_upsert")
+    __slots__ = ("max_texts_per_request", "max_documents_per_rerank", "max_queue_size", "max_queue_tokens", "max_receive_message_bytes", "max_send_message_bytes", "max_batch_tokens", "max_batch_size", "max_queue_delay_us", "max_top_k", "max_queries_per_search", "max_documents_per_upsert", "max_queue_time_ms", "max_dimension")
     MAX_TEXTS_PER_REQUEST_FIELD_NUMBER: _ClassVar[int]
     MAX_DOCUMENTS_PER_RERANK_FIELD_NUMBER: _ClassVar[int]
     MAX_QUEUE_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -83,6 +83,8 @@ class Limits(_message.Message):
     MAX_TOP_K_FIELD_NUMBER: _ClassVar[int]
     MAX_QUERIES_PER_SEARCH_FIELD_NUMBER: _ClassVar[int]
     MAX_DOCUMENTS_PER_UPSERT_FIELD_NUMBER: _ClassVar[int]
+    MAX_QUEUE_TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    MAX_DIMENSION_FIELD_NUMBER: _ClassVar[int]
     max_texts_per_request: int
     max_documents_per_rerank: int
     max_queue_size: int
@@ -95,7 +97,9 @@ class Limits(_message.Message):
     max_top_k: int
     max_queries_per_search: int
     max_documents_per_upsert: int
-    def __init__(self, max_texts_per_request: _Optional[int] = ..., max_documents_per_rerank: _Optional[int] = ..., max_queue_size: _Optional[int] = ..., max_queue_tokens: _Optional[int] = ..., max_receive_message_bytes: _Optional[int] = ..., max_send_message_bytes: _Optional[int] = ..., max_batch_tokens: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., max_queue_delay_us: _Optional[int] = ..., max_top_k: _Optional[int] = ..., max_queries_per_search: _Optional[int] = ..., max_documents_per_upsert: _Optional[int] = ...) -> None: ...
+    max_queue_time_ms: int
+    max_dimension: int
+    def __init__(self, max_texts_per_request: _Optional[int] = ..., max_documents_per_rerank: _Optional[int] = ..., max_queue_size: _Optional[int] = ..., max_queue_tokens: _Optional[int] = ..., max_receive_message_bytes: _Optional[int] = ..., max_send_message_bytes: _Optional[int] = ..., max_batch_tokens: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., max_queue_delay_us: _Optional[int] = ..., max_top_k: _Optional[int] = ..., max_queries_per_search: _Optional[int] = ..., max_documents_per_upsert: _Optional[int] = ..., max_queue_time_ms: _Optional[int] = ..., max_dimension: _Optional[int] = ...) -> None: ...
 
 class GetInfoRequest(_message.Message):
     __slots__ = ()

@@ -194,8 +194,10 @@ class Engine:
     async def create_collection(self, name: str, model: str, dimension: int, metric: str) -> CollectionDescriptor:
         if metric not in METRICS:
             raise InvalidArgument(f"unknown metric {metric!r}")
-        if dimension < 1:
-            raise InvalidArgument(f"dimension must be at least 1, got {dimension}")
+        if not 1 <= dimension <= self.config.limits.max_dimension:
+            raise InvalidArgument(
+                f"dimension must be in 1..{self.config.limits.max_dimension} (max_dimension), got {dimension}"
+            )
         if model:
             hosted = self.registry.get(model, ENCODER)
             if hosted.dimension != dimension:

@@ -109,12 +109,14 @@ def load_model(
             "max_batch_tokens %d is below %s's max_tokens %d: long inputs will run in batches of one",
             batching.max_batch_tokens, spec.name, first.max_tokens,
         )
+    batcher = DynamicBatcher(spec.name, workers, batching, stats)
+    batcher.tokens_per_s = info.tokens_per_s
     return HostedModel(
         name=spec.name,
         kind=spec.kind,
         path=Path(spec.path),
         tokenizer=tokenizer,
-        batcher=DynamicBatcher(spec.name, workers, batching, stats),
+        batcher=batcher,
         stats=stats,
         devices=list(devices),
         dtype=dtype,

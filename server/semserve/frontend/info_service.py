@@ -58,6 +58,8 @@ def limits_proto(config: ServerConfig) -> info_pb2.Limits:
         max_top_k=l.max_top_k,
         max_queries_per_search=l.max_queries_per_search,
         max_documents_per_upsert=l.max_documents_per_upsert,
+        max_queue_time_ms=round(b.max_queue_time_ms),
+        max_dimension=l.max_dimension,
     )
 
 

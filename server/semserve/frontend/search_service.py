@@ -63,6 +63,10 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             raise invalid_argument(f"collection name {request.name!r} is not allowed: {NAME_RULE}")
         if request.metric not in _METRICS:
             raise invalid_argument(f"unknown metric {request.metric}; use METRIC_COSINE or METRIC_DOT")
+        if request.dimension > self._limits.max_dimension:
+            raise invalid_argument(
+                f"dimension {request.dimension} is over this server's max_dimension {self._limits.max_dimension}"
+            )
         model_name, dimension = await self._collection_model(request.model, request.dimension)
         collection = await self._core.create_collection(request.name, model_name, dimension, _METRICS[request.metric])
         return search_pb2.CreateCollectionResponse(collection=info_proto(collection))

@@ -62,7 +62,7 @@ class Layout:
 
     devices: list[str]
     dtypes: list[torch.dtype]
-    initial_capacity: int = 1024
+    initial_capacity: int = 64
     chunk_rows: int = 65536
     max_score_elements: int = 1 << 24
 

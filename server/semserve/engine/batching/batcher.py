@@ -70,6 +70,9 @@ class DynamicBatcher:
         self._worker_freed = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._dispatched: set[asyncio.Task] = set()
+        # Measured throughput of the model's devices (tokens/s), 0 when unknown: with it, a
+        # request that would wait longer than max_queue_time_ms is refused at once.
+        self.tokens_per_s = 0.0
         for w in self._workers:
             w.on_slot_freed = self._worker_freed.set
 
@@ -90,12 +93,26 @@ class DynamicBatcher:
                 f"model {self.name!r} queue is full ({self._queued_items} items, {self._queued_tokens} tokens "
                 f"waiting; bounds {cfg.max_queue_size} items, {cfg.max_queue_tokens} tokens); retry with backoff"
             )
+        wait_ms = self.estimated_wait_ms(total)
+        if self._queue and wait_ms > cfg.max_queue_time_ms > 0:
+            self.stats.record_rejection()
+            raise QueueFull(
+                f"model {self.name!r} is overloaded: this request would wait about {wait_ms:.0f} ms "
+                f"({self._queued_tokens} tokens queued at a measured {self.tokens_per_s:.0f} tokens/s), over "
+                f"max_queue_time_ms {cfg.max_queue_time_ms:.0f}; retry with backoff"
+            )
         request = QueuedRequest(asyncio.get_running_loop().create_future(), tokens, deadline, time.monotonic())
         self._queue.append(request)
         self._queued_items += count
         self._queued_tokens += total
         self._item_arrived.set()
         return request.future
+
+    def estimated_wait_ms(self, tokens: int = 0) -> float:
+        """How long the queue (and ``tokens`` more) takes to drain at the measured rate; 0 if unknown."""
+        if self.tokens_per_s <= 0:
+            return 0.0
+        return (self._queued_tokens + tokens) / self.tokens_per_s * 1000
 
     @property
     def queued_items(self) -> int:
