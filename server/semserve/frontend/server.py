@@ -42,15 +42,96 @@ SERVICE_NAMES = {
 REPORT_INTERVAL_S = 0.5
 
 
-class _CountCalls(grpc.aio.ServerInterceptor):
-    """Counts the RPCs this process answers: one integer add per call."""
+class _Unparseable:
+    """Stands in for a request message whose bytes did not parse."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+    @property
+    def message(self) -> str:
+        return f"the request message could not be parsed ({self.error}); send a valid serialized message"
+
+
+def _parsing(deserializer):
+    def parse(data: bytes):
+        try:
+            return deserializer(data)
+        except Exception as exc:  # bad protobuf, invalid UTF-8 in a string field
+            return _Unparseable(exc)
+
+    return parse
+
+
+async def _checked_stream(requests, context):
+    async for request in requests:
+        if isinstance(request, _Unparseable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+        yield request
+
+
+def _refusing_unparseable(handler):
+    """The same handler, but a message that does not parse ends the call with INVALID_ARGUMENT
+    (gRPC itself would answer UNKNOWN or INTERNAL)."""
+    if handler is None or handler.request_deserializer is None:
+        return handler
+    changes = {"request_deserializer": _parsing(handler.request_deserializer)}
+    if handler.unary_unary is not None:
+        behaviour = handler.unary_unary
+
+        async def unary_unary(request, context):
+            if isinstance(request, _Unparseable):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+            return await behaviour(request, context)
+
+        changes["unary_unary"] = unary_unary
+    elif handler.unary_stream is not None:
+        behaviour = handler.unary_stream
+
+        async def unary_stream(request, context):
+            if isinstance(request, _Unparseable):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+            async for response in behaviour(request, context):
+                yield response
+
+        changes["unary_stream"] = unary_stream
+    elif handler.stream_unary is not None:
+        behaviour = handler.stream_unary
+
+        async def stream_unary(requests, context):
+            return await behaviour(_checked_stream(requests, context), context)
+
+        changes["stream_unary"] = stream_unary
+    elif handler.stream_stream is not None:
+        behaviour = handler.stream_stream
+
+        async def stream_stream(requests, context):
+            async for response in behaviour(_checked_stream(requests, context), context):
+                yield response
+
+        changes["stream_stream"] = stream_stream
+    return handler._replace(**changes)
+
+
+class _EveryCall(grpc.aio.ServerInterceptor):
+    """Counts the RPCs this process answers, and refuses unparseable messages precisely."""
 
     def __init__(self) -> None:
         self.calls = 0
+        self._wrapped: dict[str, object] = {}  # per method: handlers do not change while serving
 
     async def intercept_service(self, continuation, handler_call_details):
         self.calls += 1
-        return await continuation(handler_call_details)
+        method = handler_call_details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is None:
+            handler = await continuation(handler_call_details)
+            if handler is None:
+                return None
+            wrapped = self._wrapped[method] = _refusing_unparseable(handler)
+        return wrapped
 
 
 class FrontEnd:
@@ -64,7 +145,7 @@ class FrontEnd:
         self.inference = Inference(core, self.models, self.tokenize_pool)
         self.health = health.aio.HealthServicer()
         self.port: int | None = None
-        self._counter = _CountCalls()
+        self._counter = _EveryCall()
         self._grpc: grpc.aio.Server | None = None
         self._reporter: asyncio.Task | None = None
 
