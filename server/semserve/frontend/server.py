@@ -8,6 +8,7 @@ front-end process of ``semserve serve --frontends N`` (the core is a ``RemoteCor
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -90,11 +91,18 @@ def _refusing_unparseable(handler):
     elif handler.unary_stream is not None:
         behaviour = handler.unary_stream
 
-        async def unary_stream(request, context):
+        async def checked_request(request, context):
             if isinstance(request, _Unparseable):
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
-            async for response in behaviour(request, context):
-                yield response
+            return request
+
+        if inspect.isasyncgenfunction(behaviour):
+            async def unary_stream(request, context):
+                async for response in behaviour(await checked_request(request, context), context):
+                    yield response
+        else:  # a handler that writes with context.write (health's Watch)
+            async def unary_stream(request, context):
+                return await behaviour(await checked_request(request, context), context)
 
         changes["unary_stream"] = unary_stream
     elif handler.stream_unary is not None:
@@ -107,9 +115,13 @@ def _refusing_unparseable(handler):
     elif handler.stream_stream is not None:
         behaviour = handler.stream_stream
 
-        async def stream_stream(requests, context):
-            async for response in behaviour(_checked_stream(requests, context), context):
-                yield response
+        if inspect.isasyncgenfunction(behaviour):
+            async def stream_stream(requests, context):
+                async for response in behaviour(_checked_stream(requests, context), context):
+                    yield response
+        else:
+            async def stream_stream(requests, context):
+                return await behaviour(_checked_stream(requests, context), context)
 
         changes["stream_stream"] = stream_stream
     return handler._replace(**changes)
