@@ -29,10 +29,6 @@ class SemserveServer:
         self.frontend = FrontEnd(self.engine, config)
 
     @property
-    def registry(self):
-        return self.engine.registry
-
-    @property
     def port(self) -> int | None:
         return self.frontend.port
 

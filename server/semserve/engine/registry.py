@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from semserve.config import BatchingConfig, ModelSpec
-from semserve.core.errors import AlreadyExists, ModelNotFound, NoModelOfKind, WrongModelKind
+from semserve.core.errors import AlreadyExists, ModelNotFound
+from semserve.core.models import find_model
 from semserve.core.types import CROSS_ENCODER, ENCODER, BatchingInfo, ModelCounters, ModelDescriptor, TokenizerSpec
 from semserve.engine.batching import DynamicBatcher
 from semserve.engine.runtime import calibration
@@ -26,8 +27,6 @@ from semserve.models.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 
-_FLAG_FOR_KIND = {ENCODER: "--encoder", CROSS_ENCODER: "--reranker"}
-_KIND_WORDS = {ENCODER: "encoder (bi-encoder)", CROSS_ENCODER: "cross-encoder"}
 
 
 _LOAD_IDS = itertools.count(1)
@@ -232,20 +231,7 @@ class ModelRegistry:
         return model
 
     def get(self, name: str, kind: str) -> HostedModel:
-        if not name:
-            default = self._defaults.get(kind)
-            if default is None:
-                raise NoModelOfKind(
-                    f"this server hosts no {_KIND_WORDS[kind]}; start it with {_FLAG_FOR_KIND[kind]} DIR to load one"
-                )
-            return self._models[default]
-        model = self._models.get(name)
-        if model is None:
-            known = ", ".join(f"{m.name} ({m.kind})" for m in self._models.values()) or "none"
-            raise ModelNotFound(f"no model named {name!r}; loaded models: {known}")
-        if model.kind != kind:
-            raise WrongModelKind(f"model {name!r} is a {_KIND_WORDS[model.kind]}, this call needs a {_KIND_WORDS[kind]}")
-        return model
+        return find_model(self._models, self._defaults, name, kind)
 
     def find(self, name: str) -> HostedModel:
         """The model of that name, whatever its kind."""

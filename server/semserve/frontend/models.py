@@ -12,12 +12,10 @@ from __future__ import annotations
 import asyncio
 
 from semserve.core.api import Core
-from semserve.core.errors import ModelNotFound, NoModelOfKind, WrongModelKind
-from semserve.core.types import CROSS_ENCODER, ENCODER, ModelDescriptor
+from semserve.core.errors import ModelNotFound, NoModelOfKind
+from semserve.core.models import find_model
+from semserve.core.types import ModelDescriptor
 from semserve.frontend.tokenization import TextTokenizer
-
-_FLAG_FOR_KIND = {ENCODER: "--encoder", CROSS_ENCODER: "--reranker"}
-_KIND_WORDS = {ENCODER: "encoder (bi-encoder)", CROSS_ENCODER: "cross-encoder"}
 
 
 class ModelDirectory:
@@ -25,6 +23,7 @@ class ModelDirectory:
         self._core = core
         self._epoch = -1
         self._models: dict[str, ModelDescriptor] = {}
+        self._defaults: dict[str, str] = {}  # kind -> the default model's name
         self._tokenizers: dict[tuple[str, int], TextTokenizer] = {}
         self._refreshing: asyncio.Future | None = None
 
@@ -48,6 +47,7 @@ class ModelDirectory:
                 except ModelNotFound:  # unloaded meanwhile; the next refresh sees it gone
                     pass
             self._models = {m.name: m for m in table.models if (m.name, m.load_id) in tokenizers}
+            self._defaults = {m.kind: m.name for m in self._models.values() if m.is_default}
             self._tokenizers = tokenizers
             self._epoch = table.epoch
             self._refreshing.set_result(None)
@@ -63,25 +63,11 @@ class ModelDirectory:
 
     async def get(self, name: str, kind: str) -> tuple[ModelDescriptor, TextTokenizer]:
         """The model a request names (empty: the default of ``kind``) and its tokenizer."""
-        if self._epoch != self._core.models_epoch or not self._find(name, kind, raising=False):
+        if self._epoch != self._core.models_epoch:
             await self.refresh()
-        model = self._find(name, kind, raising=True)
+        try:
+            model = find_model(self._models, self._defaults, name, kind)
+        except (ModelNotFound, NoModelOfKind):  # perhaps loaded a moment ago through another front end
+            await self.refresh()
+            model = find_model(self._models, self._defaults, name, kind)
         return model, self._tokenizers[(model.name, model.load_id)]
-
-    def _find(self, name: str, kind: str, raising: bool) -> ModelDescriptor | None:
-        if not name:
-            model = next((m for m in self._models.values() if m.kind == kind and m.is_default), None)
-            if model is None and raising:
-                raise NoModelOfKind(
-                    f"this server hosts no {_KIND_WORDS[kind]}; start it with {_FLAG_FOR_KIND[kind]} DIR to load one"
-                )
-            return model
-        model = self._models.get(name)
-        if model is None:
-            if raising:
-                known = ", ".join(f"{m.name} ({m.kind})" for m in self._models.values()) or "none"
-                raise ModelNotFound(f"no model named {name!r}; loaded models: {known}")
-            return None
-        if model.kind != kind and raising:
-            raise WrongModelKind(f"model {name!r} is a {_KIND_WORDS[model.kind]}, this call needs a {_KIND_WORDS[kind]}")
-        return model

@@ -51,7 +51,9 @@ class EngineEndpoint:
                     task.cancel()
                 continue
             if method not in CORE_METHODS:
-                self._socket.send((call_id, False, ("INTERNAL", f"no core method {method!r}"), 0, 0.0), peer)
+                self._socket.send(
+                    (call_id, False, ("INTERNAL", f"no core method {method!r}"), self._core.models_epoch, 0.0), peer
+                )
                 continue
             task = loop.create_task(self._serve(peer, call_id, method, args, kwargs))
             self._tasks[key] = task
