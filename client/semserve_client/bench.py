@@ -37,6 +37,10 @@ def synthetic_texts(count: int, seed: int = 0, min_words: int = 6, max_words: in
     return out
 
 
+# Timing fields (without the _time_us suffix) that the summary reports as server_<name>_ms.
+_TIMING_FIELDS = ("total", "queue", "tokenization", "inference", "transport")
+
+
 @dataclass
 class LoadSpec:
     target: str
@@ -58,6 +62,9 @@ class LoadResult:
     errors: int
     elapsed_s: float
     latencies_ms: list[float]
+    # Sums of the server's Timing fields over the counted replies (server_<field> in the summary
+    # is their mean, in ms): where a request's time went on the server, beside what the client saw.
+    server_us: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> dict:
         lat = np.asarray(self.latencies_ms) if self.latencies_ms else np.zeros(1)
@@ -71,34 +78,41 @@ class LoadResult:
             "p50_ms": round(float(np.percentile(lat, 50)), 3),
             "p90_ms": round(float(np.percentile(lat, 90)), 3),
             "p99_ms": round(float(np.percentile(lat, 99)), 3),
+            **{f"server_{name}_ms": round(total / 1000 / max(1, self.requests), 3)
+               for name, total in self.server_us.items()},
         }
 
 
 async def _run(spec: LoadSpec) -> LoadResult:
     texts = spec.texts or synthetic_texts(4096, spec.seed)
     rng = random.Random(spec.seed)
-    # A connection per channel (gRPC would share one per target): a server with several
-    # front-end processes spreads connections, so the load must arrive on several.
+    # A connection per channel (gRPC would share one per target), one per four calls in flight:
+    # a server with several front-end processes spreads connections (SO_REUSEPORT hashes each
+    # one to a process), so the load must arrive on many, as it does from many clients.
     channels = [
         grpc.aio.insecure_channel(spec.target, options=[("grpc.use_local_subchannel_pool", 1)])
-        for _ in range(max(1, spec.concurrency // 16))
+        for _ in range(max(1, -(-spec.concurrency // 4)))
     ]
     start = time.monotonic()
     count_from, stop_at = start + spec.warmup_s, start + spec.warmup_s + spec.duration_s
     latencies: list[float] = []
     counts = {"requests": 0, "items": 0, "errors": 0}
+    server_us = dict.fromkeys(_TIMING_FIELDS, 0.0)
 
     def batch() -> list[str]:
         i = rng.randrange(len(texts))
         return [texts[(i + k) % len(texts)] for k in range(spec.request_size)]
 
-    def record(sent: float, items: int, ok: bool) -> None:
+    def record(sent: float, items: int, ok: bool, timing=None) -> None:
         now = time.monotonic()
         if sent >= count_from and now <= stop_at:
             if ok:
                 counts["requests"] += 1
                 counts["items"] += items
                 latencies.append((now - sent) * 1000)
+                if timing is not None:
+                    for name in _TIMING_FIELDS:
+                        server_us[name] += getattr(timing, name + "_time_us")
             else:
                 counts["errors"] += 1
 
@@ -118,8 +132,8 @@ async def _run(spec: LoadSpec) -> LoadResult:
                 )
             sent = time.monotonic()
             try:
-                await call(request, timeout=60)
-                record(sent, len(items), True)
+                reply = await call(request, timeout=60)
+                record(sent, len(items), True, reply.timing)
             except grpc.aio.AioRpcError:
                 record(sent, len(items), False)
 
@@ -145,7 +159,8 @@ async def _run(spec: LoadSpec) -> LoadResult:
 
         call = stub.EmbedStream(requests(), timeout=spec.warmup_s + spec.duration_s + 60)
         async for response in call:
-            record(sent_at.pop(response.id), spec.request_size, response.WhichOneof("result") == "response")
+            ok = response.WhichOneof("result") == "response"
+            record(sent_at.pop(response.id), spec.request_size, ok, response.response.timing if ok else None)
             slots.release()
         del queue
 
@@ -153,7 +168,7 @@ async def _run(spec: LoadSpec) -> LoadResult:
     await asyncio.gather(*(worker(n) for n in range(spec.concurrency)))
     for channel in channels:
         await channel.close()
-    return LoadResult(counts["requests"], counts["items"], counts["errors"], spec.duration_s, latencies)
+    return LoadResult(counts["requests"], counts["items"], counts["errors"], spec.duration_s, latencies, server_us)
 
 
 def _run_in_process(spec: LoadSpec) -> LoadResult:
@@ -179,6 +194,7 @@ def run_load(spec: LoadSpec, processes: int = 1) -> dict:
         errors=sum(r.errors for r in results),
         elapsed_s=spec.duration_s,
         latencies_ms=[x for r in results for x in r.latencies_ms],
+        server_us={name: sum(r.server_us.get(name, 0.0) for r in results) for name in _TIMING_FIELDS},
     )
     summary = merged.summary()
     summary.update(mode=spec.mode, concurrency=spec.concurrency, request_size=spec.request_size,

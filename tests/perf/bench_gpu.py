@@ -229,6 +229,76 @@ def model_tokens(address: str, name: str) -> tuple[int, int]:
     return stats.items, stats.tokens
 
 
+class UsageMeter(threading.Thread):
+    """CPU cores used by each kind of process (clients, front ends, engine, ...) and the GPU's
+    utilisation, sampled from /proc and NVML over the measured part of a load: where the
+    machine's cores go tells whether the server or the load generator is the limit."""
+
+    KINDS = (("engine_main", "engine"), ("frontend_main", "frontends"), ("semserve serve", "server"),
+             ("multiprocessing", "clients"), ("py-spy", "profiler"))
+
+    def __init__(self, delay_s: float, duration_s: float):
+        super().__init__(daemon=True)
+        self.delay_s, self.duration_s = delay_s, duration_s
+        self.first: dict[int, tuple[str, int]] = {}
+        self.last: dict[int, int] = {}
+        self.machine: list[tuple[float, int, int]] = []
+        self.gpu: list[float] = []
+
+    def kind(self, pid: int) -> str:
+        if pid == os.getpid():
+            return "bench"
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            return "other"
+        return next((kind for key, kind in self.KINDS if key in cmdline), "other")
+
+    def sample(self) -> None:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+        ticks = [int(x) for x in fields]
+        self.machine.append((time.monotonic(), sum(ticks), ticks[3] + ticks[4]))
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            pid = int(entry.name)
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:
+                continue
+            parts = stat[stat.rindex(")") + 2:].split()
+            used = int(parts[11]) + int(parts[12])  # utime + stime, in clock ticks
+            if pid not in self.first:
+                self.first[pid] = (self.kind(pid), used)
+            self.last[pid] = used
+        try:
+            self.gpu.append(float(torch.cuda.utilization()))
+        except Exception:
+            pass
+
+    def run(self) -> None:
+        time.sleep(self.delay_s)
+        stop = time.monotonic() + self.duration_s
+        while time.monotonic() < stop:
+            self.sample()
+            time.sleep(0.5)
+        self.sample()
+
+    def summary(self) -> dict:
+        if len(self.machine) < 2:
+            return {}
+        hz = os.sysconf("SC_CLK_TCK")
+        (t0, total0, idle0), (t1, total1, idle1) = self.machine[0], self.machine[-1]
+        seconds = t1 - t0
+        cores: dict[str, float] = {}
+        for pid, (kind, used) in self.first.items():
+            cores[kind] = cores.get(kind, 0.0) + (self.last[pid] - used) / hz / seconds
+        busy = 1 - (idle1 - idle0) / max(1, total1 - total0)
+        return {"cores": {k: round(v, 2) for k, v in sorted(cores.items())},
+                "machine_busy_cores": round(busy * (os.cpu_count() or 1), 2),
+                "gpu_util_percent": round(sum(self.gpu) / len(self.gpu), 1) if self.gpu else None}
+
+
 def load(address: str, args, profile_as: str = "", server_pid: int = 0, **kw) -> dict:
     processes = kw.pop("processes", None) or args.client_processes
     spec = LoadSpec(target=address, duration_s=kw.pop("duration", args.duration), warmup_s=args.warmup, **kw)
@@ -245,13 +315,18 @@ def load(address: str, args, profile_as: str = "", server_pid: int = 0, **kw) ->
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
     before = model_stats(address, spec.model)
+    # The clients start (spawn, imports) before their warm-up: the meter starts well after it.
+    meter = UsageMeter(spec.warmup_s + 2.5, max(1.0, spec.duration_s - 3.5))
+    meter.start()
     result = run_load(spec, processes=processes)
+    meter.join()
     after = model_stats(address, spec.model)
     batches = max(1, after.batches - before.batches)
     result.update(
         server_batches=after.batches - before.batches,
         mean_batch_items=round((after.items - before.items) / batches, 1),
         padding_overhead=round((after.padded_tokens - before.padded_tokens) / max(1, after.tokens - before.tokens), 3),
+        usage=meter.summary(),
     )
     if profiler is not None:
         profiler.wait(60)
@@ -407,8 +482,15 @@ def main() -> None:
     served: dict = {}
     for frontends in args.frontends.split(","):
         log(f"semserve with --frontends {frontends}:")
-        served[frontends] = serve_section(args, frontends, bert, ce, texts, nonembedding, peers)
-    ours = served[args.frontends.split(",")[-1]]
+        try:
+            served[frontends] = serve_section(args, frontends, bert, ce, texts, nonembedding, peers)
+        except Exception:  # one configuration failing must not lose the others' figures
+            import traceback
+
+            log(f"semserve with --frontends {frontends} FAILED:\n{traceback.format_exc()}")
+    if not served:
+        raise SystemExit("no served configuration ran")
+    ours = served.get(args.frontends.split(",")[-1]) or next(iter(served.values()))
     results["semserve_by_frontends"] = served
     results["semserve"] = ours
 
