@@ -21,6 +21,12 @@ from semserve.server import start_metrics
 
 log = logging.getLogger("semserve")
 
+# How long a thread may hold the GIL while another waits for it. The device threads wait for
+# the GPU with the GIL released and then need it back to hand over results and start the next
+# batch; with the default 5 ms they could wait that long behind the event loop each time, an
+# idle GPU meanwhile (docs/benchmarks.md).
+GIL_SWITCH_INTERVAL_S = 0.0005
+
 
 async def run(config, address: str, ready_fd: int) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -48,6 +54,7 @@ def main() -> int:
     args = child_arguments("semserve engine process").parse_args()
     config = read_config(args.config)
     setup_logging(config, "engine")
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     return asyncio.run(run(config, args.address, args.ready_fd))
 
 

@@ -8,7 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
+
+# Each front end tokenizes on its own threads (--tokenizer-threads), one request per thread.
+# The tokenizer's own thread pool (one thread per core, in every front end) would add N x cores
+# threads that spin for work: on a 16-core GPU host they took 7-9 cores from the engine and the
+# other front ends (docs/benchmarks.md). Set before the tokenizer library starts its pool.
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from semserve.frontend.server import FrontEnd
 from semserve.ipc.client import RemoteCore

@@ -40,7 +40,7 @@ class DeviceWorker:
         self._reserved = 0
         self._prepare_pool = ThreadPoolExecutor(1, thread_name_prefix=f"prepare-{stats.model}-{self.device}")
         self._compute_pool = ThreadPoolExecutor(1, thread_name_prefix=f"compute-{stats.model}-{self.device}")
-        self._compute_lock = asyncio.Lock()
+        self._computing = 0  # batches handed to the compute thread and not yet returned
         self.on_slot_freed: Callable[[], None] | None = None
 
     @property
@@ -50,7 +50,7 @@ class DeviceWorker:
     @property
     def is_idle(self) -> bool:
         """No batch computing or waiting here, apart from a slot just reserved for the next one."""
-        return self._reserved <= 1 and not self._compute_lock.locked()
+        return self._reserved <= 1 and self._computing == 0
 
     @property
     def load(self) -> int:
@@ -69,7 +69,11 @@ class DeviceWorker:
         self._compute_pool.shutdown(wait=False, cancel_futures=True)
 
     async def process(self, batch: list[BatchPart]) -> None:
-        """Compute a batch whose slot the batcher reserved; resolve every request's part."""
+        """Compute a batch whose slot the batcher reserved; resolve every request's part.
+
+        A prepared batch goes straight to the compute thread's queue: the next batch starts
+        there as soon as the current one ends, without waiting for the event loop in between.
+        """
         loop = asyncio.get_running_loop()
         live: list[BatchPart] = []
         try:
@@ -77,18 +81,18 @@ class DeviceWorker:
             if not live:
                 return
             prepared = await loop.run_in_executor(self._prepare_pool, self.runner.prepare, live)
-            async with self._compute_lock:
-                # Requests may have been cancelled or expired while waiting for the device:
-                # drop them before compute, re-padding the survivors if any went.
-                still = _alive(live)
-                if not still:
-                    return
-                if len(still) != len(live):
-                    live = still
-                    prepared = None
-                started = time.monotonic()
-                outputs = await loop.run_in_executor(self._compute_pool, self._compute, prepared, live)
-                elapsed = time.monotonic() - started
+            self._computing += 1
+            try:
+                done = await loop.run_in_executor(self._compute_pool, self._compute, prepared, live)
+            finally:
+                self._computing -= 1
+            outputs, still, started, elapsed = done
+            if len(still) != len(live):
+                kept = {id(part) for part in still}
+                _alive([p for p in live if id(p) not in kept])  # on the loop: fails the expired ones
+                live = still
+            if outputs is None:
+                return
             lengths = [request.lengths[indexes] for request, indexes in live]
             size = sum(len(x) for x in lengths)
             real = int(sum(int(x.sum()) for x in lengths))
@@ -104,12 +108,21 @@ class DeviceWorker:
         finally:
             self.release_slot()
 
-    def _compute(self, prepared: Any, parts: Sequence[BatchPart]) -> np.ndarray:
-        if prepared is None:
-            prepared = self.runner.prepare(parts)
-        return self.runner.run(prepared)
+    def _compute(self, prepared: Any, parts: list[BatchPart]):
+        """On the compute thread: drop requests cancelled or expired while the batch waited for
+        the device (re-padding the survivors if any went), then run it."""
+        now = time.monotonic()
+        still = [p for p in parts if not p[0].future.done() and (p[0].deadline is None or now < p[0].deadline)]
+        if not still:
+            return None, still, now, 0.0
+        if len(still) != len(parts):
+            prepared = self.runner.prepare(still)
+        started = time.monotonic()
+        outputs = self.runner.run(prepared)
+        return outputs, still, started, time.monotonic() - started
 
 
 def _alive(parts: list[BatchPart]) -> list[BatchPart]:
+    """The parts whose requests still want results; expired ones are failed (on the loop only)."""
     now = time.monotonic()
     return [p for p in parts if not p[0].is_dead(now)]
