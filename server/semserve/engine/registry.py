@@ -147,12 +147,6 @@ def choose_batching(
             cache_file=cache_file,
         )
         choices.append(choice)
-        log.info(
-            "batching %s on %s: max_batch_tokens %d, max_batch_size %d (%.0f tokens/s there, best %.0f); %s",
-            spec.name, device, choice.max_batch_tokens, choice.max_batch_size, choice.tokens_per_s,
-            choice.best_tokens_per_s,
-            "measurement from the cache" if choice.cached else f"measured in {choice.seconds:.1f}s",
-        )
     # One batcher feeds every replica: the first device's shape, the devices' summed throughput.
     first = choices[0]
     effective = dataclasses.replace(
@@ -160,6 +154,16 @@ def choose_batching(
         max_batch_tokens=batching.max_batch_tokens if "max_batch_tokens" in batching.explicit else first.max_batch_tokens,
         max_batch_size=batching.max_batch_size if "max_batch_size" in batching.explicit else first.max_batch_size,
     )
+    kept = " and ".join(f"--{name.replace('_', '-')}" for name in sorted(batching.explicit))
+    for choice, device in zip(choices, devices):
+        log.info(
+            "batching %s on %s: max_batch_tokens %d, max_batch_size %d (measured: %d tokens / %d items, "
+            "%.0f tokens/s there, best %.0f%s); %s",
+            spec.name, device, effective.max_batch_tokens, effective.max_batch_size, choice.max_batch_tokens,
+            choice.max_batch_size, choice.tokens_per_s, choice.best_tokens_per_s,
+            f"; {kept} given, kept" if kept else "",
+            "measurement from the cache" if choice.cached else f"measured in {choice.seconds:.1f}s",
+        )
     graph_sizes: list[int] = []
     for runner in runners:
         if runner.graphs is not None:

@@ -23,6 +23,11 @@ from typing import Any, Callable
 import zmq
 
 PROTOCOL = 5
+# Socket options and flags as plain ints: pyzmq's enum flags cost microseconds per operation in
+# enum code (send_multipart and recv_multipart combine them per frame), which showed up as a
+# tenth of the engine's time under single-text load on the H100 (docs/benchmarks.md).
+_EVENTS, _POLLIN, _RCVMORE = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.RCVMORE)
+_NOBLOCK, _SNDMORE = int(zmq.NOBLOCK), int(zmq.SNDMORE)
 CALL = "call"
 CANCEL = "cancel"
 
@@ -71,14 +76,18 @@ class MessageSocket:
             frames = pack(messages)
             if self._routed:
                 frames.insert(0, peer)
-            self._socket.send_multipart(frames, copy=False)
+            last = len(frames) - 1
+            for i, frame in enumerate(frames):
+                self._socket.send(frame, _SNDMORE if i < last else 0, copy=False)
         # ZeroMQ's descriptor signals edges: a send may consume the edge of an arrival.
         self._drain()
 
     def _drain(self) -> None:
         socket = self._socket
-        while socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            frames = socket.recv_multipart(zmq.NOBLOCK, copy=False)
+        while socket.getsockopt(_EVENTS) & _POLLIN:
+            frames = [socket.recv(_NOBLOCK, copy=False)]
+            while socket.getsockopt(_RCVMORE):
+                frames.append(socket.recv(0, copy=False))
             peer = frames[0].bytes if self._routed else None
             self._on_messages(peer, unpack(frames[1:] if self._routed else frames))
 
