@@ -122,3 +122,29 @@ def test_bad_configuration_exits_with_a_message():
         capture_output=True, text=True, timeout=60,
     )
     assert out.returncode == 2 and "cuda:7" in out.stderr
+
+
+def test_sigterm_with_calls_in_flight_exits_within_the_grace_period():
+    """250 calls in flight holding far more work than the grace period: the server stops taking
+    calls, gives them the grace period, cancels the rest and exits by grace + 1 s."""
+    grace_s = 2.0
+    frontends = os.environ.get("SEMSERVE_TEST_FRONTENDS", "0")  # the second pass of make test: 2
+    proc, address, lines = start_server("--grace-period-s", str(grace_s), "--max-queue-time-ms", "600000",
+                                        "--batch-policy", "fixed", "--frontends", frontends)
+    channel = grpc.insecure_channel(address)
+    encoder = encoder_pb2_grpc.EncoderServiceStub(channel)
+    calls = [encoder.Embed.future(encoder_pb2.EmbedRequest(texts=[f"text {i} " * 60] * 8), timeout=120)
+             for i in range(250)]
+    time.sleep(1.0)
+    assert sum(c.done() for c in calls) < 250, "the load must outlast the grace period"
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(grace_s + 30)
+    took = time.monotonic() - sent
+    assert code == 0, "".join(lines[-20:])
+    assert took <= grace_s + 1.0, f"exited {took:.2f}s after SIGTERM (grace {grace_s}s):\n" + "".join(lines[-8:])
+    finished = [c for c in calls if c.done()]
+    codes = {c.code() for c in finished}
+    assert len(finished) == 250 and codes <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE,
+                                              grpc.StatusCode.CANCELLED}, codes
+    channel.close()

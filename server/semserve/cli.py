@@ -173,6 +173,7 @@ def frontends_from_arg(value: str) -> int | None:
 def serve_in_one_process(config: ServerConfig) -> int:
     from semserve.engine.runtime.devices import resolve_devices
     from semserve.models.errors import ModelLoadError
+    from semserve.process.children import exit_now
     from semserve.server import serve_until_signalled
 
     try:
@@ -181,7 +182,7 @@ def serve_in_one_process(config: ServerConfig) -> int:
     except (ConfigError, ModelLoadError) as exc:
         print(f"semserve: {exc}", file=sys.stderr)
         return 2
-    return 0
+    exit_now(0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -45,6 +45,12 @@ from semserve.search.store import CollectionStore
 
 log = logging.getLogger(__name__)
 
+# At shutdown, how long batches already on a device may finish: none. The engine stops after the
+# front end(s), whose calls have finished or been cancelled at the end of the grace period, and
+# after the store is closed, so no batch still running has anyone to answer (SIGTERM exits by
+# grace + 1 s even when a CPU batch takes seconds).
+BATCH_STOP_WAIT_S = 0.0
+
 METRICS = (COSINE, DOT)
 
 
@@ -94,7 +100,7 @@ class Engine:
             self._maintenance.cancel()
         await asyncio.get_running_loop().run_in_executor(self._pool, self.store.close)
         self._pool.shutdown(wait=False)
-        await self.registry.stop_all()
+        await self.registry.stop_all(wait_s=BATCH_STOP_WAIT_S)
 
     async def _maintain_forever(self) -> None:
         loop = asyncio.get_running_loop()

@@ -253,5 +253,5 @@ class ModelRegistry:
     def __len__(self) -> int:
         return len(self._models)
 
-    async def stop_all(self) -> None:
-        await asyncio.gather(*(m.batcher.stop() for m in self._models.values()), return_exceptions=True)
+    async def stop_all(self, wait_s: float | None = None) -> None:
+        await asyncio.gather(*(m.batcher.stop(wait_s) for m in self._models.values()), return_exceptions=True)

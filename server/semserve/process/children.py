@@ -15,7 +15,9 @@ import logging
 import os
 import pickle
 import signal
+import sys
 from pathlib import Path
+from typing import NoReturn
 
 from semserve.config import ServerConfig
 
@@ -44,6 +46,20 @@ def setup_logging(config: ServerConfig, role: str) -> None:
         level=config.log_level.upper(),
         format=f"%(asctime)s %(levelname)s {role}[%(process)d] %(name)s: %(message)s",
     )
+
+
+def exit_now(code: int) -> NoReturn:
+    """End a server process whose state is already safe (store closed, calls answered or past
+    their grace period) without waiting for its worker threads: a forward pass still running on
+    a compute thread would otherwise hold the interpreter's exit for as long as it takes
+    (seconds on a CPU), and SIGTERM must end the process by grace + 1 s."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 def report(fd: int, line: str) -> None:

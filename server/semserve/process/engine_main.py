@@ -16,7 +16,14 @@ from semserve.config import ConfigError
 from semserve.engine.engine import Engine
 from semserve.ipc.endpoint import EngineEndpoint
 from semserve.models.errors import ModelLoadError
-from semserve.process.children import child_arguments, read_config, report, setup_logging, stop_requested
+from semserve.process.children import (
+    child_arguments,
+    exit_now,
+    read_config,
+    report,
+    setup_logging,
+    stop_requested,
+)
 from semserve.server import start_metrics
 
 log = logging.getLogger("semserve")
@@ -55,7 +62,7 @@ def main() -> int:
     config = read_config(args.config)
     setup_logging(config, "engine")
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-    return asyncio.run(run(config, args.address, args.ready_fd))
+    exit_now(asyncio.run(run(config, args.address, args.ready_fd)))
 
 
 if __name__ == "__main__":

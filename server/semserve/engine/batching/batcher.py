@@ -124,8 +124,10 @@ class DynamicBatcher:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self.name}")
 
-    async def stop(self) -> None:
-        """Stop forming batches; fail what is still queued and wait for batches in flight."""
+    async def stop(self, wait_s: float | None = None) -> None:
+        """Stop forming batches; fail what is still queued and wait for batches in flight (at most
+        ``wait_s`` when given: at server shutdown their callers are gone after the grace period,
+        and a CPU batch can take seconds)."""
         if self._task is not None:
             self._task.cancel()
             try:
@@ -137,7 +139,7 @@ class DynamicBatcher:
             self._queue.popleft().fail(ShuttingDown(f"model {self.name!r} is shutting down; retry on another server"))
         self._queued_items = self._queued_tokens = 0
         if self._dispatched:
-            await asyncio.gather(*self._dispatched, return_exceptions=True)
+            await asyncio.wait(set(self._dispatched), timeout=wait_s)
         for w in self._workers:
             w.close()
 
