@@ -304,3 +304,32 @@ def test_an_empty_queue_admits_even_a_request_longer_than_the_bound():
         return labels(result)
 
     assert asyncio.run(main()) == [1]
+
+
+def test_admission_counts_on_the_rate_the_queue_really_drains_at():
+    """Calibration promised far more than the devices deliver in serving: once batches are seen
+    leaving a backlogged queue, the wait estimate uses that slower rate and refuses early."""
+    async def main():
+        runner = FakeRunner(compute_s=0.05)  # 10 tokens per 50 ms batch: 200 tokens/s
+        batcher, runner, stats = make(BatchingConfig(max_queue_time_ms=300, max_queue_delay_us=0,
+                                                     max_batch_tokens=10, max_batch_size=10,
+                                                     worker_pipeline_depth=1), runner)
+        batcher.tokens_per_s = 1_000_000.0  # the calibrated figure: 300 ms would be 300k tokens
+        backlog = [submit(batcher, [(i, 10)]) for i in range(12)]  # 120 tokens, under 1 ms as promised
+        await asyncio.sleep(0.3)  # several batches leave the backlogged queue
+        observed = batcher.observed_tokens_per_s
+        queued = batcher.estimated_wait_ms()
+        refused = None
+        try:
+            for i in range(100):
+                submit(batcher, [(100 + i, 10)])
+        except QueueFull as exc:
+            refused = str(exc)
+        await asyncio.gather(*backlog, return_exceptions=True)
+        await batcher.stop()
+        return observed, queued, refused
+
+    observed, queued, refused = asyncio.run(main())
+    assert 100 < observed < 400, observed  # ~200 tokens/s
+    assert queued > 50  # ms, at the observed rate
+    assert refused is not None and "would wait about" in refused

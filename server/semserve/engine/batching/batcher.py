@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 # How many batches' worth of the queue head is sorted together.
 _WINDOW_BATCHES = 4
+# Weight of each new sample in the observed drain rate (about the last five batches count).
+_DRAIN_EWMA = 0.2
 
 
 class Worker(Protocol):
@@ -73,6 +75,12 @@ class DynamicBatcher:
         # Measured throughput of the model's devices (tokens/s), 0 when unknown: with it, a
         # request that would wait longer than max_queue_time_ms is refused at once.
         self.tokens_per_s = 0.0
+        # The rate the queue really drains at while it is backlogged (tokens/s, moving average;
+        # 0 until seen): gRPC, tokenization and padding make serving slower than the forward
+        # passes that calibration timed, and admission must not promise waits it cannot keep.
+        self.observed_tokens_per_s = 0.0
+        self._last_take_at = 0.0
+        self._backlogged = False
         for w in self._workers:
             w.on_slot_freed = self._worker_freed.set
 
@@ -98,7 +106,7 @@ class DynamicBatcher:
             self.stats.record_rejection()
             raise QueueFull(
                 f"model {self.name!r} is overloaded: this request would wait about {wait_ms:.0f} ms "
-                f"({self._queued_tokens} tokens queued at a measured {self.tokens_per_s:.0f} tokens/s), over "
+                f"({self._queued_tokens} tokens queued at a measured {self.drain_tokens_per_s:.0f} tokens/s), over "
                 f"max_queue_time_ms {cfg.max_queue_time_ms:.0f}; retry with backoff"
             )
         request = QueuedRequest(asyncio.get_running_loop().create_future(), tokens, deadline, time.monotonic())
@@ -108,11 +116,33 @@ class DynamicBatcher:
         self._item_arrived.set()
         return request.future
 
-    def estimated_wait_ms(self, tokens: int = 0) -> float:
-        """How long the queue (and ``tokens`` more) takes to drain at the measured rate; 0 if unknown."""
+    @property
+    def drain_tokens_per_s(self) -> float:
+        """The rate admission counts on: the calibrated one, or the observed one where lower.
+        0 (no time bound) when the model was not measured."""
         if self.tokens_per_s <= 0:
             return 0.0
-        return (self._queued_tokens + tokens) / self.tokens_per_s * 1000
+        if self.observed_tokens_per_s > 0:
+            return min(self.tokens_per_s, self.observed_tokens_per_s)
+        return self.tokens_per_s
+
+    def estimated_wait_ms(self, tokens: int = 0) -> float:
+        """How long the queue (and ``tokens`` more) takes to drain at the measured rate; 0 if unknown."""
+        rate = self.drain_tokens_per_s
+        if rate <= 0:
+            return 0.0
+        return (self._queued_tokens + tokens) / rate * 1000
+
+    def _observe_drain(self, taken_tokens: int) -> None:
+        """One sample of the drain rate per batch taken while the queue stayed backlogged: the
+        interval since the previous take is then the time the devices needed for it."""
+        now = time.monotonic()
+        if self._backlogged and taken_tokens and now > self._last_take_at:
+            sample = taken_tokens / (now - self._last_take_at)
+            previous = self.observed_tokens_per_s
+            self.observed_tokens_per_s = sample if previous <= 0 else previous + _DRAIN_EWMA * (sample - previous)
+        self._last_take_at = now
+        self._backlogged = bool(self._queue)
 
     @property
     def queued_items(self) -> int:
@@ -224,6 +254,7 @@ class DynamicBatcher:
         if not self._queue:
             return []
         cfg = self.config
+        tokens_before = self._queued_tokens
         window: list[QueuedRequest] = []
         items = tokens = 0
         for request in self._queue:
@@ -253,4 +284,5 @@ class DynamicBatcher:
         for _ in window:
             self._queue.popleft()
         self._queue.extendleft(reversed([r for r in window if len(r.pending)]))
+        self._observe_drain(tokens_before - self._queued_tokens)
         return parts
