@@ -146,6 +146,7 @@ def test_random_sigkills_lose_no_acknowledged_write_and_half_apply_nothing(tmp_p
                     w.acked, w.pending = states, None  # the in-flight outcome is now known
                     present += sum(v is not ABSENT for v in states.values())
                 assert c.get_collection("crash").count == present
+        print(f"crasher: {KILLS} kills survived, {sum(w.done for w in writers)} operations acknowledged")
         assert sum(w.done for w in writers) >= KILLS * 5, "too few operations ran between kills"
     finally:
         if proc.poll() is None:
