@@ -79,10 +79,14 @@ class DynamicBatcher:
         # 0 until seen): gRPC, tokenization and padding make serving slower than the forward
         # passes that calibration timed, and admission must not promise waits it cannot keep.
         self.observed_tokens_per_s = 0.0
+        # Real tokens per second of compute in the batches served so far (per worker, moving
+        # average): known from the first batch on, before any backlog was seen.
+        self.compute_tokens_per_s = 0.0
         self._last_take_at = 0.0
         self._backlogged = False
         for w in self._workers:
             w.on_slot_freed = self._worker_freed.set
+            w.on_batch_computed = self._observe_compute
 
     # -- admission -------------------------------------------------------------------------
 
@@ -118,13 +122,17 @@ class DynamicBatcher:
 
     @property
     def drain_tokens_per_s(self) -> float:
-        """The rate admission counts on: the calibrated one, or the observed one where lower.
-        0 (no time bound) when the model was not measured."""
+        """The rate admission counts on: the calibrated one, or where lower the rate seen in
+        serving (the queue's drain under backlog, the batches' own compute rate). 0 (no time
+        bound) when the model was not measured."""
         if self.tokens_per_s <= 0:
             return 0.0
+        rates = [self.tokens_per_s]
         if self.observed_tokens_per_s > 0:
-            return min(self.tokens_per_s, self.observed_tokens_per_s)
-        return self.tokens_per_s
+            rates.append(self.observed_tokens_per_s)
+        if self.compute_tokens_per_s > 0:
+            rates.append(self.compute_tokens_per_s * len(self._workers))
+        return min(rates)
 
     def estimated_wait_ms(self, tokens: int = 0) -> float:
         """How long the queue (and ``tokens`` more) takes to drain at the measured rate; 0 if unknown."""
@@ -132,6 +140,13 @@ class DynamicBatcher:
         if rate <= 0:
             return 0.0
         return (self._queued_tokens + tokens) / rate * 1000
+
+    def _observe_compute(self, real_tokens: int, seconds: float) -> None:
+        if real_tokens <= 0 or seconds <= 0:
+            return
+        sample = real_tokens / seconds
+        previous = self.compute_tokens_per_s
+        self.compute_tokens_per_s = sample if previous <= 0 else previous + _DRAIN_EWMA * (sample - previous)
 
     def _observe_drain(self, taken_tokens: int) -> None:
         """One sample of the drain rate per batch taken while the queue stayed backlogged: the

@@ -42,6 +42,8 @@ class DeviceWorker:
         self._compute_pool = ThreadPoolExecutor(1, thread_name_prefix=f"compute-{stats.model}-{self.device}")
         self._computing = 0  # batches handed to the compute thread and not yet returned
         self.on_slot_freed: Callable[[], None] | None = None
+        # Told (real tokens, seconds) after each batch: the batcher's admission learns from it.
+        self.on_batch_computed: Callable[[int, float], None] | None = None
 
     @property
     def has_free_slot(self) -> bool:
@@ -98,6 +100,8 @@ class DeviceWorker:
             real = int(sum(int(x.sum()) for x in lengths))
             info = BatchStats(size, real, size * max(int(x.max()) for x in lengths), started, elapsed)
             self.stats.record_batch(info.size, info.real_tokens, info.padded_tokens, elapsed)
+            if self.on_batch_computed is not None:
+                self.on_batch_computed(info.real_tokens, elapsed)
             row = 0
             for request, indexes in live:
                 request.resolve(indexes, outputs[row:row + len(indexes)], info)
