@@ -29,8 +29,12 @@ log = logging.getLogger(__name__)
 
 # How many batches' worth of the queue head is sorted together.
 _WINDOW_BATCHES = 4
-# Weight of each new sample in the observed drain rate (about the last five batches count).
-_DRAIN_EWMA = 0.2
+# Weight of each new sample in the observed rates (about the last five batches count).
+_RATE_EWMA = 0.2
+
+
+def _moving_average(previous: float, sample: float) -> float:
+    return sample if previous <= 0 else previous + _RATE_EWMA * (sample - previous)
 
 
 class Worker(Protocol):
@@ -105,14 +109,15 @@ class DynamicBatcher:
                 f"model {self.name!r} queue is full ({self._queued_items} items, {self._queued_tokens} tokens "
                 f"waiting; bounds {cfg.max_queue_size} items, {cfg.max_queue_tokens} tokens); retry with backoff"
             )
-        wait_ms = self.estimated_wait_ms(total)
-        if self._queue and wait_ms > cfg.max_queue_time_ms > 0:
-            self.stats.record_rejection()
-            raise QueueFull(
-                f"model {self.name!r} is overloaded: this request would wait about {wait_ms:.0f} ms "
-                f"({self._queued_tokens} tokens queued at a measured {self.drain_tokens_per_s:.0f} tokens/s), over "
-                f"max_queue_time_ms {cfg.max_queue_time_ms:.0f}; retry with backoff"
-            )
+        if self._queue and cfg.max_queue_time_ms > 0:  # an empty queue always admits
+            wait_ms = self.estimated_wait_ms(total)
+            if wait_ms > cfg.max_queue_time_ms:
+                self.stats.record_rejection()
+                raise QueueFull(
+                    f"model {self.name!r} is overloaded: this request would wait about {wait_ms:.0f} ms "
+                    f"({self._queued_tokens} tokens queued at a measured {self.drain_tokens_per_s:.0f} tokens/s), "
+                    f"over max_queue_time_ms {cfg.max_queue_time_ms:.0f}; retry with backoff"
+                )
         request = QueuedRequest(asyncio.get_running_loop().create_future(), tokens, deadline, time.monotonic())
         self._queue.append(request)
         self._queued_items += count
@@ -144,18 +149,16 @@ class DynamicBatcher:
     def _observe_compute(self, real_tokens: int, seconds: float) -> None:
         if real_tokens <= 0 or seconds <= 0:
             return
-        sample = real_tokens / seconds
-        previous = self.compute_tokens_per_s
-        self.compute_tokens_per_s = sample if previous <= 0 else previous + _DRAIN_EWMA * (sample - previous)
+        self.compute_tokens_per_s = _moving_average(self.compute_tokens_per_s, real_tokens / seconds)
 
     def _observe_drain(self, taken_tokens: int) -> None:
         """One sample of the drain rate per batch taken while the queue stayed backlogged: the
         interval since the previous take is then the time the devices needed for it."""
         now = time.monotonic()
         if self._backlogged and taken_tokens and now > self._last_take_at:
-            sample = taken_tokens / (now - self._last_take_at)
-            previous = self.observed_tokens_per_s
-            self.observed_tokens_per_s = sample if previous <= 0 else previous + _DRAIN_EWMA * (sample - previous)
+            self.observed_tokens_per_s = _moving_average(
+                self.observed_tokens_per_s, taken_tokens / (now - self._last_take_at)
+            )
         self._last_take_at = now
         self._backlogged = bool(self._queue)
 

@@ -56,14 +56,18 @@ class QueuedRequest:
         self.pending_tokens -= int(self.lengths[taken].sum())
         return taken
 
+    def wants_result(self, now: float) -> bool:
+        """Whether its inputs should still be computed: not cancelled, failed or expired. Only
+        reads state, so a device thread may ask it; ``is_dead`` also fails an expired request."""
+        return not self.future.done() and (self.deadline is None or now < self.deadline)
+
     def is_dead(self, now: float) -> bool:
-        """Fail an expired request and report whether its inputs must not be computed."""
-        if self.future.done():  # cancelled by the caller, or already failed
-            return True
-        if self.deadline is not None and now >= self.deadline:
+        """Fail an expired request and report whether its inputs must not be computed (on the loop)."""
+        if self.wants_result(now):
+            return False
+        if not self.future.done():  # expired, not yet told
             self.fail(DeadlineExpired("deadline passed while the request was queued; nothing was computed"))
-            return True
-        return False
+        return True
 
     def resolve(self, indexes: np.ndarray, rows: np.ndarray, batch: BatchStats) -> None:
         if self.future.done():

@@ -116,7 +116,7 @@ class DeviceWorker:
         """On the compute thread: drop requests cancelled or expired while the batch waited for
         the device (re-padding the survivors if any went), then run it."""
         now = time.monotonic()
-        still = [p for p in parts if not p[0].future.done() and (p[0].deadline is None or now < p[0].deadline)]
+        still = [p for p in parts if p[0].wants_result(now)]
         if not still:
             return None, still, now, 0.0
         if len(still) != len(parts):
