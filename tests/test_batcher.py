@@ -277,12 +277,12 @@ def test_a_request_whose_estimated_wait_exceeds_max_queue_time_is_refused_at_onc
         batcher, runner, stats = make(BatchingConfig(max_queue_time_ms=100, max_queue_delay_us=0,
                                                      worker_pipeline_depth=1), runner)
         batcher.tokens_per_s = 1000.0  # as measured: 100 ms of queue is 100 tokens
-        held = submit(batcher, [("busy", 1)])
-        await asyncio.sleep(0.05)  # the worker holds it; the queue is empty
+        held = submit(batcher, [("busy", 30)])
+        await asyncio.sleep(0.05)  # the worker holds it (30 ms of work in flight); the queue is empty
         first = submit(batcher, [(1, 60)])  # 60 ms of work: admitted
         started = time.monotonic()
-        with pytest.raises(QueueFull, match="would wait about 120 ms"):
-            submit(batcher, [(2, 60)])  # 60 queued + 60 = 120 ms > 100 ms
+        with pytest.raises(QueueFull, match="would wait about 150 ms"):
+            submit(batcher, [(2, 60)])  # 30 in flight + 60 queued + 60 = 150 ms > 100 ms
         refused_in = time.monotonic() - started
         batcher.tokens_per_s = 0.0  # no measurement: only the size bounds apply
         third = submit(batcher, [(3, 60)])
@@ -293,6 +293,29 @@ def test_a_request_whose_estimated_wait_exceeds_max_queue_time_is_refused_at_onc
 
     stats, refused_in = asyncio.run(main())
     assert stats.rejected_requests == 1 and refused_in < 0.01
+
+
+def test_a_queue_head_older_than_the_bound_refuses_whatever_the_rate_promises():
+    """The rate estimates lag when compute slows under load; the head's age does not."""
+    async def main():
+        runner = FakeRunner()
+        runner.gate.clear()
+        batcher, runner, stats = make(BatchingConfig(max_queue_time_ms=50, max_queue_delay_us=0,
+                                                     worker_pipeline_depth=1), runner)
+        batcher.tokens_per_s = 1e9  # a rate that promises no wait at all
+        held = submit(batcher, [("busy", 1)])
+        await asyncio.sleep(0.02)
+        waiting = submit(batcher, [(1, 1)])  # queued behind the held batch
+        second = submit(batcher, [(2, 1)])  # the head is young: admitted
+        await asyncio.sleep(0.08)  # the head has now waited 80 ms > 50 ms
+        with pytest.raises(QueueFull, match=r"would wait about \d+ ms"):
+            submit(batcher, [(3, 1)])
+        runner.gate.set()
+        await asyncio.gather(held, waiting, second)
+        await batcher.stop()
+        return stats
+
+    assert asyncio.run(main()).rejected_requests == 1
 
 
 def test_an_empty_queue_admits_even_a_request_longer_than_the_bound():

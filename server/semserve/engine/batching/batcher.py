@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import time
 from typing import Callable, Protocol, Sequence
@@ -88,6 +89,8 @@ class DynamicBatcher:
         self.compute_tokens_per_s = 0.0
         self._last_take_at = 0.0
         self._backlogged = False
+        # Tokens handed to workers and not yet computed: a new request waits for them too.
+        self._in_flight_tokens = 0
         for w in self._workers:
             w.on_slot_freed = self._worker_freed.set
             w.on_batch_computed = self._observe_compute
@@ -110,12 +113,13 @@ class DynamicBatcher:
                 f"waiting; bounds {cfg.max_queue_size} items, {cfg.max_queue_tokens} tokens); retry with backoff"
             )
         if self._queue and cfg.max_queue_time_ms > 0:  # an empty queue always admits
-            wait_ms = self.estimated_wait_ms(total)
+            wait_ms = max(self.estimated_wait_ms(total), self._head_wait_ms())
             if wait_ms > cfg.max_queue_time_ms:
                 self.stats.record_rejection()
                 raise QueueFull(
                     f"model {self.name!r} is overloaded: this request would wait about {wait_ms:.0f} ms "
-                    f"({self._queued_tokens} tokens queued at a measured {self.drain_tokens_per_s:.0f} tokens/s), "
+                    f"({self._queued_tokens + self._in_flight_tokens} tokens queued or computing at a measured "
+                    f"{self.drain_tokens_per_s:.0f} tokens/s), "
                     f"over max_queue_time_ms {cfg.max_queue_time_ms:.0f}; retry with backoff"
                 )
         request = QueuedRequest(asyncio.get_running_loop().create_future(), tokens, deadline, time.monotonic())
@@ -140,11 +144,23 @@ class DynamicBatcher:
         return min(rates)
 
     def estimated_wait_ms(self, tokens: int = 0) -> float:
-        """How long the queue (and ``tokens`` more) takes to drain at the measured rate; 0 if unknown."""
+        """How long the batches in flight, the queue and ``tokens`` more take at the measured
+        rate; 0 if unknown."""
         rate = self.drain_tokens_per_s
         if rate <= 0:
             return 0.0
-        return (self._queued_tokens + tokens) / rate * 1000
+        return (self._in_flight_tokens + self._queued_tokens + tokens) / rate * 1000
+
+    def _head_wait_ms(self) -> float:
+        """How long the oldest queued request has already waited, when the rate is known.
+
+        A sojourn check in the manner of CoDel: when the CPU is shared with the callers and the
+        front ends, compute slows down under exactly the load that admission judges, and every
+        rate estimate lags. The age of the queue head does not: once it is past the bound, a new
+        request behind it would be too."""
+        if not self._queue or self.drain_tokens_per_s <= 0:
+            return 0.0
+        return (time.monotonic() - self._queue[0].enqueued_at) * 1000
 
     def _observe_compute(self, real_tokens: int, seconds: float) -> None:
         if real_tokens <= 0 or seconds <= 0:
@@ -211,9 +227,15 @@ class DynamicBatcher:
         if not batch:
             worker.release_slot()
             return
+        tokens = sum(int(request.lengths[taken].sum()) for request, taken in batch)
+        self._in_flight_tokens += tokens
         task = asyncio.get_running_loop().create_task(worker.process(batch))
         self._dispatched.add(task)
-        task.add_done_callback(self._dispatched.discard)
+        task.add_done_callback(functools.partial(self._batch_done, tokens))
+
+    def _batch_done(self, tokens: int, task: asyncio.Task) -> None:
+        self._dispatched.discard(task)
+        self._in_flight_tokens -= tokens
 
     async def _wait_for_items(self) -> None:
         while True:
