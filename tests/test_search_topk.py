@@ -7,7 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from semserve.search.collection import Collection, CollectionSpec, Layout
+import tempfile
+from pathlib import Path
+
+from semserve.search.collection import Collection, Layout
+from semserve.search.database import FILE_NAME, CollectionDatabase, CollectionSpec
 from semserve.search.topk import exact_topk, shard_topk, step_rows
 
 # float32 scores of float32 vectors vs float64: a few ulps of the accumulated dot product.
@@ -112,12 +116,15 @@ def test_shard_topk_score_buffer_is_bounded_by_the_chunk():
 def make_collection(shards: int, metric: str = "dot", capacity: int = 4) -> Collection:
     layout = Layout(["cpu"] * shards, [torch.float32] * shards, initial_capacity=capacity, chunk_rows=16,
                     max_score_elements=0)
-    return Collection(CollectionSpec("t", "", 12, metric), layout, None)
+    directory = Path(tempfile.mkdtemp(prefix="semserve-topk-")) / "t"
+    directory.mkdir()
+    CollectionDatabase.create(directory / FILE_NAME, CollectionSpec("t", "", 12, metric), durable=False)
+    return Collection.open(directory, layout, durable=False)
 
 
 def load(collection: Collection, ids, vectors, metadata=None):
     metadata = metadata or [{} for _ in ids]
-    collection.upsert(list(ids), list(ids), metadata, vectors).wait()
+    collection.upsert(list(ids), list(ids), metadata, vectors)
 
 
 @pytest.mark.parametrize("metric", ["dot", "cosine"])
@@ -136,7 +143,7 @@ def test_results_do_not_depend_on_shard_count_deletes_or_compaction(metric):
         for start in range(0, n, 37):  # several batches: capacity doubles along the way
             load(c, ids[start : start + 37], vectors[start : start + 37])
         load(c, replaced, new_vectors)
-        c.delete(sorted(deleted))[1].wait()
+        c.delete(sorted(deleted))
         before = c.search(queries, 25, {})
         reclaimed = c.compact(0.0)
         assert reclaimed == len(deleted)

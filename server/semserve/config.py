@@ -97,17 +97,15 @@ class SearchConfig:
     max_score_elements: int = 1 << 24
     # Rows preallocated per shard when a collection is created; capacity doubles when full.
     initial_capacity: int = 64
-    # Log records after which a collection is snapshotted and its log restarted.
-    snapshot_every_records: int = 1000
     # Fraction of deleted rows in a shard above which it is compacted in the background.
     compaction_threshold: float = 0.25
-    # How often the background task looks for collections to snapshot or compact.
+    # How often the background task looks for shards to compact.
     maintenance_interval_s: float = 1.0
-    # Threads for blocking search work: log fsyncs, scoring, snapshots, compaction.
+    # Threads for blocking search work: commits, reads of the collection files, scoring, compaction.
     threads: int = 4
 
     def validate(self) -> None:
-        for name in ("shards_per_device", "chunk_rows", "initial_capacity", "snapshot_every_records", "threads"):
+        for name in ("shards_per_device", "chunk_rows", "initial_capacity", "threads"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"search {name} must be >= 1, got {getattr(self, name)}")
         if self.max_score_elements < 0:

@@ -13,12 +13,21 @@ class Metric(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     METRIC_UNSPECIFIED: _ClassVar[Metric]
     METRIC_COSINE: _ClassVar[Metric]
     METRIC_DOT: _ClassVar[Metric]
+
+class CollectionState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    COLLECTION_STATE_UNSPECIFIED: _ClassVar[CollectionState]
+    COLLECTION_STATE_READY: _ClassVar[CollectionState]
+    COLLECTION_STATE_FAILED: _ClassVar[CollectionState]
 METRIC_UNSPECIFIED: Metric
 METRIC_COSINE: Metric
 METRIC_DOT: Metric
+COLLECTION_STATE_UNSPECIFIED: CollectionState
+COLLECTION_STATE_READY: CollectionState
+COLLECTION_STATE_FAILED: CollectionState
 
 class CollectionInfo(_message.Message):
-    __slots__ = ("name", "model", "dimension", "metric", "count", "shards", "devices", "bytes", "dtype", "durable")
+    __slots__ = ("name", "model", "dimension", "metric", "count", "shards", "devices", "bytes", "dtype", "durable", "state", "failure_reason")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
@@ -29,6 +38,8 @@ class CollectionInfo(_message.Message):
     BYTES_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     DURABLE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_REASON_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: str
     dimension: int
@@ -39,7 +50,9 @@ class CollectionInfo(_message.Message):
     bytes: int
     dtype: str
     durable: bool
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., dimension: _Optional[int] = ..., metric: _Optional[_Union[Metric, str]] = ..., count: _Optional[int] = ..., shards: _Optional[int] = ..., devices: _Optional[_Iterable[str]] = ..., bytes: _Optional[int] = ..., dtype: _Optional[str] = ..., durable: _Optional[bool] = ...) -> None: ...
+    state: CollectionState
+    failure_reason: str
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., dimension: _Optional[int] = ..., metric: _Optional[_Union[Metric, str]] = ..., count: _Optional[int] = ..., shards: _Optional[int] = ..., devices: _Optional[_Iterable[str]] = ..., bytes: _Optional[int] = ..., dtype: _Optional[str] = ..., durable: _Optional[bool] = ..., state: _Optional[_Union[CollectionState, str]] = ..., failure_reason: _Optional[str] = ...) -> None: ...
 
 class CreateCollectionRequest(_message.Message):
     __slots__ = ("name", "model", "dimension", "metric")

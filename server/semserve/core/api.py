@@ -55,10 +55,8 @@ class Core(Protocol):
 
     async def upsert(
         self, collection: str, ids: list[str], texts: list[str], metadata: list[dict[str, str]],
-        vectors: np.ndarray, wait_durable: bool = True,
+        vectors: np.ndarray,
     ) -> int: ...
-
-    async def sync(self, collection: str) -> None: ...
 
     async def delete(self, collection: str, ids: list[str]) -> int: ...
 
@@ -81,5 +79,5 @@ class Core(Protocol):
 CORE_METHODS = (
     "models", "tokenizer", "load_model", "unload_model", "encode", "score",
     "create_collection", "drop_collection", "list_collections", "get_collection",
-    "upsert", "sync", "delete", "get_documents", "search", "info", "report_frontend",
+    "upsert", "delete", "get_documents", "search", "info", "report_frontend",
 )

@@ -55,6 +55,10 @@ class Unavailable(CoreError):
     code = "UNAVAILABLE"
 
 
+class DataLoss(CoreError):
+    code = "DATA_LOSS"
+
+
 class Cancelled(CoreError):
     code = "CANCELLED"
 
@@ -98,8 +102,16 @@ class CollectionExists(AlreadyExists):
     pass
 
 
+class DiskFull(ResourceExhausted):
+    """A write could not be committed for lack of disk space; nothing of it was applied."""
+
+
+class CollectionFailed(DataLoss):
+    """The collection could not be loaded (damaged or missing file); its files are kept as found."""
+
+
 _BY_CODE: dict[str, type[CoreError]] = {
     cls.code: cls
     for cls in (InvalidArgument, NotFound, AlreadyExists, FailedPrecondition, ResourceExhausted, DeadlineExceeded,
-                Unavailable, Cancelled, Internal)
+                Unavailable, DataLoss, Cancelled, Internal)
 }

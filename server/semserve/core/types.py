@@ -198,6 +198,11 @@ class ModelTable:
     models: list[ModelDescriptor]
 
 
+# States of a collection.
+READY = "ready"
+FAILED = "failed"
+
+
 @dataclass(slots=True)
 class CollectionDescriptor:
     name: str
@@ -210,6 +215,9 @@ class CollectionDescriptor:
     bytes: int = 0
     dtype: str = ""
     durable: bool = False
+    state: str = "ready"  # READY, or FAILED with failure_reason (see search/store.py)
+    failure_reason: str = ""
+    failure_code: str = ""  # the status name its calls answer while FAILED
 
 
 @dataclass(slots=True)

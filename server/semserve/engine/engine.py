@@ -18,12 +18,14 @@ import numpy as np
 import torch
 
 from semserve.config import ModelSpec, ServerConfig
-from semserve.core.errors import FailedPrecondition, InvalidArgument
+from semserve.core.errors import CollectionFailed, FailedPrecondition, InvalidArgument
 from semserve.core.types import (
     COSINE,
     CROSS_ENCODER,
     DOT,
     ENCODER,
+    FAILED,
+    READY,
     CollectionDescriptor,
     EncodeResult,
     EngineInfo,
@@ -192,10 +194,18 @@ class Engine:
 
     def _describe(self, collection: Collection) -> CollectionDescriptor:
         spec, d = collection.spec, collection.describe()
+        failure = collection.failure
         return CollectionDescriptor(
             name=spec.name, model=spec.model, dimension=spec.dimension, metric=spec.metric, count=d["count"],
             shards=d["shards"], devices=d["devices"], bytes=d["bytes"], dtype=d["dtype"], durable=self.store.durable,
+            state=FAILED if failure else READY, failure_reason=failure.message if failure else "",
+            failure_code=failure.code if failure else "",
         )
+
+    def _describe_failed(self, name: str) -> CollectionDescriptor:
+        return CollectionDescriptor(name=name, model="", dimension=0, metric="", durable=self.store.durable,
+                                    state=FAILED, failure_reason=self.store.failure_message(name),
+                                    failure_code=CollectionFailed.code)
 
     async def create_collection(self, name: str, model: str, dimension: int, metric: str) -> CollectionDescriptor:
         if metric not in METRICS:
@@ -215,43 +225,31 @@ class Engine:
         await self._blocking(self.store.drop, name)
 
     async def list_collections(self) -> list[CollectionDescriptor]:
-        return [self._describe(c) for c in self.store.list()]
+        described = [self._describe(c) for c in self.store.list()]
+        described += [self._describe_failed(name) for name in self.store.failed()]
+        return sorted(described, key=lambda d: d.name)
 
     async def get_collection(self, name: str) -> CollectionDescriptor:
+        if name in self.store.failed():
+            return self._describe_failed(name)
         return self._describe(self.store.get(name))
 
     async def upsert(
-        self, collection: str, ids: list[str], texts: list[str], metadata: list[dict[str, str]],
-        vectors: np.ndarray, wait_durable: bool = True,
+        self, collection: str, ids: list[str], texts: list[str], metadata: list[dict[str, str]], vectors: np.ndarray,
     ) -> int:
+        """Acknowledged once committed to disk (with a data dir) and searchable."""
         target = self.store.get(collection)
         dimension = target.spec.dimension
         if vectors.shape != (len(ids), dimension) or len(texts) != len(ids) or len(metadata) != len(ids):
             raise InvalidArgument(
                 f"{len(ids)} documents need {len(ids)} vectors of dimension {dimension}, got shape {vectors.shape}"
             )
-
-        def write() -> None:
-            ticket = target.upsert(ids, texts, metadata, vectors)
-            if wait_durable:
-                ticket.wait()
-
-        await self._blocking(write)
+        await self._blocking(target.upsert, ids, texts, metadata, vectors)
         return len(ids)
-
-    async def sync(self, collection: str) -> None:
-        target = self.store.get(collection)
-        await self._blocking(lambda: target.pending_writes().wait())
 
     async def delete(self, collection: str, ids: list[str]) -> int:
         target = self.store.get(collection)
-
-        def delete() -> int:
-            count, ticket = target.delete(ids)
-            ticket.wait()
-            return count
-
-        return await self._blocking(delete)
+        return await self._blocking(target.delete, ids)
 
     async def get_documents(
         self, collection: str, ids: list[str], include_embeddings: bool
@@ -274,7 +272,7 @@ class Engine:
             hits = target.search(queries, top_k, where)
             if not (include_text or include_metadata):
                 return [[Hit(doc_id, score) for doc_id, score in q] for q in hits]
-            documents = target.documents
+            documents = target.texts([doc_id for q in hits for doc_id, _ in q])
             out = []
             for q in hits:
                 row = []

@@ -14,15 +14,18 @@ from typing import AsyncIterator
 import numpy as np
 
 from semserve.config import RequestLimits
-from semserve.core.errors import FailedPrecondition, NoModelOfKind
-from semserve.core.types import COLLECTION_NAME, COSINE, CROSS_ENCODER, DOT, ENCODER, CollectionDescriptor, Hit, Timing
+from semserve.core.errors import CoreError, FailedPrecondition, NoModelOfKind
+from semserve.core.types import (
+    COLLECTION_NAME, COSINE, CROSS_ENCODER, DOT, ENCODER, FAILED, READY, CollectionDescriptor, Hit, Timing,
+)
 from semserve.frontend.errors import invalid_argument, status_for, unary_rpc
 from semserve.frontend.inference import Inference, deadline_of
 from semserve.frontend.timing import timing_proto
 from semserve_client.v1 import search_pb2, search_pb2_grpc
 
 _METRICS = {search_pb2.METRIC_UNSPECIFIED: COSINE, search_pb2.METRIC_COSINE: COSINE, search_pb2.METRIC_DOT: DOT}
-_METRIC_PROTO = {COSINE: search_pb2.METRIC_COSINE, DOT: search_pb2.METRIC_DOT}
+_METRIC_PROTO = {COSINE: search_pb2.METRIC_COSINE, DOT: search_pb2.METRIC_DOT, "": search_pb2.METRIC_UNSPECIFIED}
+_STATE_PROTO = {READY: search_pb2.COLLECTION_STATE_READY, FAILED: search_pb2.COLLECTION_STATE_FAILED}
 # Upsert messages of one stream being encoded at once; they are still applied in stream order.
 STREAM_WINDOW = 4
 NAME_RULE = "1-128 characters, letters, digits, '_', '-', '.', starting with a letter or digit"
@@ -41,6 +44,7 @@ def info_proto(c: CollectionDescriptor) -> search_pb2.CollectionInfo:
     return search_pb2.CollectionInfo(
         name=c.name, model=c.model, dimension=c.dimension, metric=_METRIC_PROTO[c.metric], count=c.count,
         shards=c.shards, devices=c.devices, bytes=c.bytes, dtype=c.dtype, durable=c.durable,
+        state=_STATE_PROTO[c.state], failure_reason=c.failure_reason,
     )
 
 
@@ -53,7 +57,10 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     async def _collection(self, name: str) -> CollectionDescriptor:
         if not name:
             raise invalid_argument("collection name is empty")
-        return await self._core.get_collection(name)
+        collection = await self._core.get_collection(name)
+        if collection.state == FAILED:
+            raise CoreError.from_wire(collection.failure_code, collection.failure_reason)
+        return collection
 
     # -- collections -----------------------------------------------------------------------
 
@@ -178,7 +185,6 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         upserted = 0
         pending: deque[tuple[int, asyncio.Task]] = deque()
         index = 0
-        written: set[str] = set()
 
         async def apply_oldest() -> None:
             nonlocal upserted
@@ -188,8 +194,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             except Exception as exc:
                 code, message = status_for(exc)
                 raise _MessageFailed(code, f"message {number}: {message}") from None
-            upserted += await self._core.upsert(name, ids, texts, metadata, vectors, wait_durable=False)
-            written.add(name)
+            upserted += await self._core.upsert(name, ids, texts, metadata, vectors)
             timing.merge(parts)
 
         try:
@@ -200,8 +205,6 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
                     await apply_oldest()
             while pending:
                 await apply_oldest()
-            for name in written:
-                await self._core.sync(name)
         except _MessageFailed as exc:
             await self._cancel(pending)
             await context.abort(exc.code, exc.text)

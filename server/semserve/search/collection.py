@@ -1,59 +1,34 @@
-"""One collection: its sharded vectors, documents (text and metadata in host memory), its log.
+"""One collection: its vectors as sharded tensors for scoring, its documents in a SQLite file.
 
-Every change runs under the collection's lock in three steps: append the record to the log,
-apply it to memory, bump the version. Appending under the lock makes the log order the apply
-order, so replay rebuilds exactly the state searches saw. The fsync happens after the lock is
-released (``Ticket.wait``), so one fsync covers concurrent writers (group commit) and searches
-are not held up by the disk; a change becomes visible to searches slightly before it is
-acknowledged, never the other way round.
+A change is committed to the file first and applied to the shards only once committed, under
+the collection's lock: a write that fails (a full disk, an I/O error) leaves nothing behind,
+in memory or on disk, and a search never sees what a restart would not bring back. Concurrent
+writers share one transaction (``GroupCommit``). Text and metadata are not held in memory:
+GetDocuments, filters and the hits' text read the file, which readers can do while a writer
+commits (SQLite's WAL mode).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
 
-from semserve.core.errors import CollectionNotFound
+from semserve.core.errors import CollectionFailed, CollectionNotFound, CoreError, Unavailable
 from semserve.core.types import COSINE
-from semserve.search import records
+from semserve.search.database import FILE_NAME, CollectionDatabase, CollectionSpec, DatabaseDamaged, Delete, Upsert
+from semserve.search.group_commit import GroupCommit
 from semserve.search.shards import ShardedMatrix
-from semserve.search.snapshot import SnapshotData, read_snapshot, write_snapshot
 from semserve.search.topk import exact_topk
-from semserve.search.wal import WriteAheadLog, fsync_dir, iter_log_files, log_path
 
 log = logging.getLogger(__name__)
 
-SPEC_FILE = "collection.json"
-
-
-@dataclass(frozen=True)
-class CollectionSpec:
-    name: str
-    model: str
-    dimension: int
-    metric: str
-
-    def write(self, directory: Path) -> None:
-        """Atomically: a crash leaves no half-written spec."""
-        temporary = directory / (SPEC_FILE + ".tmp")
-        with open(temporary, "w") as f:
-            json.dump({"name": self.name, "model": self.model, "dimension": self.dimension, "metric": self.metric}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, directory / SPEC_FILE)
-        fsync_dir(directory)
-
-    @staticmethod
-    def read(directory: Path) -> "CollectionSpec":
-        raw = json.loads((directory / SPEC_FILE).read_text())
-        return CollectionSpec(raw["name"], raw["model"], int(raw["dimension"]), raw["metric"])
+_LOAD_ROWS = 65536  # rows placed into the shards per step at start
 
 
 @dataclass
@@ -67,94 +42,49 @@ class Layout:
     max_score_elements: int = 1 << 24
 
 
-@dataclass
-class Ticket:
-    """A change applied in memory; ``wait`` returns once it is durable."""
-
-    wal: WriteAheadLog | None = None
-    seq: int = 0
-
-    def wait(self) -> None:
-        if self.wal is not None:
-            self.wal.sync(self.seq)
-
-
-@dataclass
-class Recovery:
-    snapshot_documents: int = 0
-    replayed_records: int = 0
-    torn_tails: list[str] = field(default_factory=list)
-
-
 def normalize_rows(vectors: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
 class Collection:
-    def __init__(self, spec: CollectionSpec, layout: Layout, directory: Path | None):
+    def __init__(self, spec: CollectionSpec, layout: Layout, database: CollectionDatabase | None,
+                 directory: Path | None = None):
         self.spec = spec
         self.layout = layout
+        self.database = database
         self.directory = directory
         self.matrix = ShardedMatrix(spec.dimension, layout.devices, layout.dtypes, layout.initial_capacity)
-        self.documents: dict[str, tuple[str, dict[str, str]]] = {}
-        self.lock = threading.Lock()
-        # Serialises snapshots (maintenance and shutdown) without holding up writers.
-        self._snapshot_lock = threading.Lock()
-        self.wal: WriteAheadLog | None = None
-        self.generation = 1
-        self.records_since_snapshot = 0
+        self.lock = threading.Lock()  # the shards and the filter masks
         self.version = 0
-        self.recovery = Recovery()
-        self._mask_cache: dict[tuple, list[torch.Tensor]] = {}
         self.dropped = False
-
-    # -- creation and recovery -------------------------------------------------------------
-
-    @classmethod
-    def create(cls, spec: CollectionSpec, layout: Layout, directory: Path | None) -> "Collection":
-        collection = cls(spec, layout, directory)
-        if directory is not None:
-            directory.mkdir(parents=True, exist_ok=False)
-            collection.wal = WriteAheadLog(log_path(directory, collection.generation))
-            spec.write(directory)  # last: a folder without a spec is an unfinished create
-            fsync_dir(directory.parent)
-        return collection
+        # Set when the collection can no longer serve (its file was found damaged while
+        # writing, or the shards could not take a committed change); every call raises it.
+        self.failure: CoreError | None = None
+        self._mask_cache: dict[tuple, list[torch.Tensor]] = {}
+        self._commits: GroupCommit[Upsert | Delete, int] = GroupCommit(self._commit_group)
 
     @classmethod
-    def recover(cls, directory: Path, layout: Layout) -> "Collection":
-        """Snapshot, then every log from the snapshot's generation on, in order; a torn tail is cut."""
-        collection = cls(CollectionSpec.read(directory), layout, directory)
-        snapshot = read_snapshot(directory)
-        start = 1
-        if snapshot is not None:
-            start = snapshot.generation
-            collection._apply(records.UpsertBatch(snapshot.ids, snapshot.texts, snapshot.metadata, snapshot.vectors))
-            collection.recovery.snapshot_documents = len(snapshot.ids)
-        logs = [(g, p) for g, p in iter_log_files(directory) if g >= start]
-        for index, (generation, path) in enumerate(logs):
-            wal, result = WriteAheadLog.recover(path)
-            for payload in result.payloads:
-                collection._apply(records.decode(payload, collection.spec.dimension))
-            collection.recovery.replayed_records += len(result.payloads)
-            if result.torn is not None:
-                collection.recovery.torn_tails.append(
-                    f"{path.name}: {result.torn.reason} at byte {result.torn.offset}, "
-                    f"{result.torn.dropped_bytes} bytes dropped"
-                )
-            if index == len(logs) - 1:
-                collection.wal, collection.generation = wal, generation
-                collection.records_since_snapshot = len(result.payloads)
-            else:
-                wal.close()
-        if collection.wal is None:
-            collection.generation = start
-            collection.wal = WriteAheadLog(log_path(directory, start))
-            fsync_dir(directory)
-        for generation, path in iter_log_files(directory):
-            if generation < start:  # left over by a snapshot that finished just before a crash
-                path.unlink()
+    def open(cls, directory: Path, layout: Layout, durable: bool) -> "Collection":
+        """Check and load a collection folder (raises DatabaseDamaged, leaving it untouched)."""
+        path = directory / FILE_NAME
+        spec, ids, vectors = CollectionDatabase.load(path)
+        if spec.name != directory.name:
+            raise DatabaseDamaged(f"{path} holds collection {spec.name!r}, not {directory.name!r}")
+        collection = cls(spec, layout, CollectionDatabase(path, spec, durable), directory)
+        for start in range(0, len(ids), _LOAD_ROWS):
+            collection.matrix.upsert(ids[start : start + _LOAD_ROWS], vectors[start : start + _LOAD_ROWS])
         return collection
+
+    @property
+    def failed(self) -> bool:
+        return self.failure is not None
+
+    def check_usable(self) -> None:
+        if self.dropped:
+            raise CollectionNotFound(f"collection {self.spec.name!r} was dropped")
+        if self.failure is not None:
+            raise type(self.failure)(self.failure.message)
 
     # -- changes ---------------------------------------------------------------------------
 
@@ -163,63 +93,63 @@ class Collection:
         vectors = np.asarray(vectors, dtype=np.float32)
         return normalize_rows(vectors) if self.spec.metric == COSINE else vectors
 
-    def upsert(self, ids: list[str], texts: list[str], metadata: list[dict[str, str]], vectors: np.ndarray) -> Ticket:
-        batch = records.UpsertBatch(ids, texts, metadata, self.prepare(vectors))
+    def upsert(self, ids: list[str], texts: list[str], metadata: list[dict[str, str]], vectors: np.ndarray) -> None:
+        """Insert or replace documents; returns once they are committed and searchable."""
+        self.check_usable()
+        self._commits.submit(Upsert(ids, texts, metadata, self.prepare(vectors)))
+
+    def delete(self, ids: list[str]) -> int:
+        """Delete documents; returns how many were present, once the delete is committed."""
+        self.check_usable()
+        return self._commits.submit(Delete(list(dict.fromkeys(ids))))
+
+    def _commit_group(self, changes: Sequence[Upsert | Delete]) -> list[int]:
+        self.check_usable()
+        try:
+            deleted = self.database.commit(changes)
+        except DatabaseDamaged as exc:
+            self.failure = CollectionFailed(exc.message)
+            log.error("search: collection %r FAILED: %s", self.spec.name, exc.message)
+            raise
         with self.lock:
-            ticket = self._log(records.encode_upsert(batch))
-            self._apply(batch)
-        return ticket
+            try:
+                for change in changes:
+                    if isinstance(change, Delete):
+                        self.matrix.delete(change.ids)
+                    else:
+                        self.matrix.upsert(change.ids, change.vectors)
+            except Exception as exc:  # e.g. out of device memory while a shard grows
+                self.failure = Unavailable(
+                    f"collection {self.spec.name!r} could not apply a committed write to its shards ({exc}); "
+                    "restart the server to reload it from disk"
+                )
+                log.exception("search: collection %r FAILED while applying a committed write", self.spec.name)
+                raise type(self.failure)(self.failure.message) from None
+            finally:
+                self.version += 1
+                self._mask_cache.clear()
+        return deleted
 
-    def delete(self, ids: list[str]) -> tuple[int, Ticket]:
-        with self.lock:
-            present = [i for i in dict.fromkeys(ids) if i in self.documents]
-            if not present:
-                return 0, Ticket()
-            batch = records.DeleteBatch(present)
-            ticket = self._log(records.encode_delete(batch))
-            self._apply(batch)
-        return len(present), ticket
-
-    def pending_writes(self) -> Ticket:
-        """A ticket for everything applied so far: its ``wait`` returns once all of it is durable."""
-        with self.lock:
-            if self.dropped:
-                raise CollectionNotFound(f"collection {self.spec.name!r} was dropped")
-            if self.wal is None:
-                return Ticket()
-            return Ticket(self.wal, self.wal.written_seq)
-
-    def _log(self, payload: bytes) -> Ticket:
-        if self.dropped:
-            raise CollectionNotFound(f"collection {self.spec.name!r} was dropped")
-        if self.wal is None:
-            return Ticket()
-        seq = self.wal.append(payload)
-        self.records_since_snapshot += 1
-        return Ticket(self.wal, seq)
-
-    def _apply(self, batch: records.UpsertBatch | records.DeleteBatch) -> None:
-        if isinstance(batch, records.DeleteBatch):
-            for doc_id in self.matrix.delete(batch.ids):
-                del self.documents[doc_id]
-        else:
-            self.matrix.upsert(batch.ids, batch.vectors)
-            for doc_id, text, meta in zip(batch.ids, batch.texts, batch.metadata):
-                self.documents[doc_id] = (text, meta)
-        self.version += 1
-        self._mask_cache.clear()
+    def sync(self) -> None:
+        """Every acknowledged write is already committed; this only checks the collection serves."""
+        self.check_usable()
 
     # -- reads -----------------------------------------------------------------------------
 
     def get(self, ids: list[str], with_vectors: bool) -> tuple[list[tuple[str, str, dict, np.ndarray | None]], list[str]]:
-        with self.lock:
-            found = [i for i in ids if i in self.documents]
-            missing = [i for i in ids if i not in self.documents]
-            vectors = self.matrix.vectors(found) if with_vectors else [None] * len(found)
-            return [(i, *self.documents[i], v) for i, v in zip(found, vectors)], missing
+        self.check_usable()
+        found = self.database.documents(ids, with_vectors)
+        documents = [(i, *found[i]) for i in ids if i in found]
+        return documents, [i for i in ids if i not in found]
+
+    def texts(self, ids: list[str]) -> dict[str, tuple[str, dict[str, str], None]]:
+        """Text and metadata of the ids still present, for hits that asked for them."""
+        self.check_usable()
+        return self.database.documents(ids, with_vectors=False)
 
     def search(self, queries: np.ndarray, k: int, where: dict[str, str]) -> list[list[tuple[str, float]]]:
         """Exact top-k per query, best first, as (id, score); ``where`` is an equality filter."""
+        self.check_usable()
         prepared = torch.from_numpy(self.prepare(queries))
         with self.lock:
             masks = self._masks(where)
@@ -228,22 +158,19 @@ class Collection:
             return [[(self.matrix.shards[s].ids[r], score) for s, r, score in q] for q in hits]
 
     def _masks(self, where: dict[str, str]) -> list[torch.Tensor | None]:
-        """Per shard, the rows a search may return: live, and matching the filter."""
+        """Per shard, the rows a search may return: live, and matching the filter (read from the file)."""
         if not where:
             return [s.live[: s.used] if s.dead else None for s in self.matrix.shards]
         key = tuple(sorted(where.items()))
         cached = self._mask_cache.get(key)
         if cached is not None:
             return cached
-        items = list(where.items())
-        masks = []
-        for shard in self.matrix.shards:
-            keep = np.zeros(shard.used, dtype=bool)
-            for row, doc_id in enumerate(shard.ids):
-                if doc_id is not None:
-                    meta = self.documents[doc_id][1]
-                    keep[row] = all(meta.get(k) == v for k, v in items)
-            masks.append(torch.from_numpy(keep).to(shard.device))
+        keeps = [np.zeros(shard.used, dtype=bool) for shard in self.matrix.shards]
+        for doc_id in self.database.matching(where):
+            at = self.matrix.where.get(doc_id)
+            if at is not None:
+                keeps[at[0]][at[1]] = True
+        masks = [torch.from_numpy(keep).to(shard.device) for keep, shard in zip(keeps, self.matrix.shards)]
         if len(self._mask_cache) >= 8:
             self._mask_cache.clear()
         self._mask_cache[key] = masks
@@ -252,7 +179,7 @@ class Collection:
     def describe(self) -> dict:
         with self.lock:
             return {
-                "count": len(self.documents),
+                "count": len(self.matrix),
                 "shards": len(self.matrix.shards),
                 "devices": [s.device for s in self.matrix.shards],
                 "bytes": self.matrix.nbytes,
@@ -272,35 +199,6 @@ class Collection:
                 self._mask_cache.clear()
         return reclaimed
 
-    def snapshot(self) -> bool:
-        """Write a snapshot and restart the log; False when nothing changed since the last one.
-
-        Under the lock only the log switch and a host copy of the state happen; the file is
-        written afterwards, while writers go on appending to the new log.
-        """
-        if self.directory is None:
-            return False
-        with self._snapshot_lock:
-            with self.lock:
-                if self.dropped or self.records_since_snapshot == 0:
-                    return False
-                old_wal = self.wal
-                self.generation += 1
-                self.wal = WriteAheadLog(log_path(self.directory, self.generation))
-                fsync_dir(self.directory)
-                self.records_since_snapshot = 0
-                ids, vectors = self.matrix.live_rows()
-                texts = [self.documents[i][0] for i in ids]
-                metadata = [self.documents[i][1] for i in ids]
-                generation = self.generation
-            old_wal.close()
-            write_snapshot(self.directory, SnapshotData(generation, ids, texts, metadata, vectors))
-            for old_generation, path in iter_log_files(self.directory):
-                if old_generation < generation:
-                    path.unlink()
-            return True
-
     def close(self) -> None:
         with self.lock:
-            if self.wal is not None:
-                self.wal.close()
+            self.database.close()

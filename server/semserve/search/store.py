@@ -1,14 +1,18 @@
-"""All collections of a server: under ``<data_dir>/collections/<name>/``, recovered on start.
+"""All collections of a server: one folder each under ``<data_dir>/collections/``, opened on start.
 
-Each collection has its own folder (spec, snapshot, logs), so creating or dropping one never
-touches the others and recovery of one damaged collection cannot block the rest. Without a
-data dir everything lives in memory and nothing survives a restart.
+Each collection has its own SQLite file (``<name>/collection.sqlite3``), so creating or dropping
+one never touches the others, and a damaged one cannot keep the rest from serving: it is listed
+as FAILED with the reason, its files are left exactly as found, and its calls answer DATA_LOSS
+until an operator restores or drops it. Without a data dir the files live in a scratch folder
+removed at shutdown: collections do not survive a restart, and host memory still holds only ids
+and vectors.
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
+import tempfile
 import threading
 import uuid
 from pathlib import Path
@@ -16,13 +20,17 @@ from pathlib import Path
 import torch
 
 from semserve.config import ConfigError, SearchConfig
+from semserve.core.errors import CollectionExists, CollectionFailed, CollectionNotFound, CoreError
 from semserve.engine.runtime.devices import resolve_devices, resolve_dtype
-from semserve.core.errors import CollectionExists, CollectionNotFound
-from semserve.search.collection import SPEC_FILE, Collection, CollectionSpec, Layout
-from semserve.search.wal import fsync_dir
+from semserve.search.collection import Collection, Layout
+from semserve.search.database import FILE_NAME, CollectionDatabase, CollectionSpec
+from semserve.search.files import fsync_dir
+from semserve.search.legacy import importer
 
 log = logging.getLogger(__name__)
 
+# Folders in collections/ that are not collections: a create or drop cut short by a crash.
+_UNFINISHED_PREFIX = "."
 
 
 def search_layout(config: SearchConfig, model_devices: list[str]) -> Layout:
@@ -43,92 +51,126 @@ class CollectionStore:
     def __init__(self, config: SearchConfig, model_devices: list[str]):
         self.config = config
         self.layout = search_layout(config, model_devices)
-        self.root = Path(config.data_dir) / "collections" if config.data_dir is not None else None
+        self.durable = config.data_dir is not None
+        self.root = Path(config.data_dir) / "collections" if self.durable else None
         self._collections: dict[str, Collection] = {}
+        # Collections that could not be opened: name -> why (their folders are left as found).
+        self._failed: dict[str, str] = {}
         self._lock = threading.Lock()
 
-    @property
-    def durable(self) -> bool:
-        return self.root is not None
-
     def open(self) -> None:
-        """Recover every collection on disk (blocking; before serving)."""
+        """Open every collection on disk (blocking; before serving). Never raises for one collection."""
         if self.root is None:
-            log.info("search: no --data-dir, collections are held in memory only and lost on restart")
+            self.root = Path(tempfile.mkdtemp(prefix="semserve-collections-"))
+            log.info("search: no --data-dir, collections are held in %s and lost on restart", self.root)
             return
         self.root.mkdir(parents=True, exist_ok=True)
-        trash = self.root.parent / "trash"
-        if trash.exists():  # drops interrupted by a crash
-            shutil.rmtree(trash, ignore_errors=True)
         for directory in sorted(p for p in self.root.iterdir() if p.is_dir()):
-            if not (directory / SPEC_FILE).exists():
-                log.warning("search: %s has no %s (a create cut short); removing it", directory, SPEC_FILE)
+            if directory.name.startswith(_UNFINISHED_PREFIX):
+                log.warning("search: removing %s (a create or drop cut short)", directory)
                 shutil.rmtree(directory, ignore_errors=True)
                 continue
-            collection = Collection.recover(directory, self.layout)
-            self._collections[collection.spec.name] = collection
-            r = collection.recovery
-            log.info(
-                "search: recovered collection %r: %d documents (%d from the snapshot, %d log records replayed)",
-                collection.spec.name, len(collection.documents), r.snapshot_documents, r.replayed_records,
-            )
-            for note in r.torn_tails:
-                log.warning("search: collection %r: torn log tail skipped: %s", collection.spec.name, note)
-        log.info("search: data dir %s, %d collection(s)", self.root.parent, len(self._collections))
+            self._open_one(directory)
+        log.info("search: data dir %s, %d collection(s) serving, %d failed",
+                 self.root.parent, len(self._collections), len(self._failed))
+
+    def _open_one(self, directory: Path) -> None:
+        name = directory.name
+        try:
+            if importer.needs_import(directory):
+                importer.import_folder(directory)
+            collection = Collection.open(directory, self.layout, durable=True)
+        except CoreError as exc:
+            self._failed[name] = exc.message
+            log.error("search: collection %r FAILED: %s; its files are left as they are", name, exc.message)
+            return
+        except Exception as exc:  # a fault no rule foresaw must still not stop the server
+            self._failed[name] = f"{type(exc).__name__}: {exc}"
+            log.exception("search: collection %r FAILED while opening; its files are left as they are", name)
+            return
+        self._collections[name] = collection
+        log.info("search: opened collection %r: %d documents", name, len(collection.matrix))
 
     def create(self, name: str, model: str, dimension: int, metric: str) -> Collection:
         with self._lock:
-            if name in self._collections:
+            if name in self._collections or name in self._failed:
                 raise CollectionExists(f"collection {name!r} already exists")
             spec = CollectionSpec(name, model, dimension, metric)
-            directory = self.root / name if self.root is not None else None
-            collection = Collection.create(spec, self.layout, directory)
+            # Built under a hidden name and renamed into place: a crash leaves no half collection.
+            building = self.root / f"{_UNFINISHED_PREFIX}creating-{name}-{uuid.uuid4().hex}"
+            building.mkdir()
+            try:
+                CollectionDatabase.create(building / FILE_NAME, spec, self.durable)
+                directory = self.root / name
+                building.rename(directory)
+                if self.durable:
+                    fsync_dir(self.root)
+            except BaseException:
+                shutil.rmtree(building, ignore_errors=True)
+                raise
+            collection = Collection.open(directory, self.layout, self.durable)
             self._collections[name] = collection
             return collection
 
     def drop(self, name: str) -> None:
         with self._lock:
             collection = self._collections.pop(name, None)
-            if collection is None:
+            failed = self._failed.pop(name, None)
+            if collection is None and failed is None:
                 raise CollectionNotFound(self._missing(name))
-        with collection.lock:
-            collection.dropped = True
-        collection.close()
-        if collection.directory is not None:
-            trash = self.root.parent / "trash"
-            trash.mkdir(exist_ok=True)
-            target = trash / f"{name}-{uuid.uuid4().hex}"
-            collection.directory.rename(target)
+        if collection is not None:
+            with collection.lock:
+                collection.dropped = True
+            collection.close()
+        # Renamed out of sight first: a crash during the removal leaves a hidden folder, removed on start.
+        directory = self.root / name
+        if not directory.exists():  # a failed collection whose folder an operator removed
+            return
+        trash = self.root / f"{_UNFINISHED_PREFIX}dropping-{name}-{uuid.uuid4().hex}"
+        directory.rename(trash)
+        if self.durable:
             fsync_dir(self.root)
-            shutil.rmtree(target, ignore_errors=True)
+        shutil.rmtree(trash, ignore_errors=True)
 
     def get(self, name: str) -> Collection:
+        """A collection that serves; CollectionFailed for one that could not be opened."""
         collection = self._collections.get(name)
         if collection is None:
+            if name in self._failed:
+                raise CollectionFailed(self.failure_message(name))
             raise CollectionNotFound(self._missing(name))
         return collection
 
+    def failure_message(self, name: str) -> str:
+        return (f"collection {name!r} is FAILED: {self._failed[name]}. Its files are left as they were found: "
+                "restore its folder and restart, or drop it")
+
     def _missing(self, name: str) -> str:
-        known = ", ".join(sorted(self._collections)) or "none"
+        known = ", ".join(sorted([*self._collections, *self._failed])) or "none"
         return f"no collection named {name!r}; collections: {known}"
 
     def list(self) -> list[Collection]:
         return [self._collections[n] for n in sorted(self._collections)]
 
+    def failed(self) -> dict[str, str]:
+        """Collections that could not be opened, by name, with the reason."""
+        return dict(self._failed)
+
     def maintain(self) -> None:
-        """Snapshot collections with long logs, compact shards with many tombstones."""
+        """Compact shards with many tombstones."""
         for collection in self.list():
-            if collection.records_since_snapshot >= self.config.snapshot_every_records:
-                collection.snapshot()
+            if collection.failed:
+                continue
             reclaimed = collection.compact(self.config.compaction_threshold)
             if reclaimed:
                 log.info("search: compacted %r, %d deleted rows reclaimed", collection.spec.name, reclaimed)
 
     def close(self) -> None:
-        """Snapshot what changed (a fast next start) and close every log."""
+        """Close every file (checkpointing its WAL); a scratch root is removed."""
         for collection in self.list():
             try:
-                collection.snapshot()
-            except OSError:
-                log.exception("search: snapshot of %r at shutdown failed; its log is kept", collection.spec.name)
-            collection.close()
+                collection.close()
+            except Exception:
+                log.exception("search: closing collection %r failed", collection.spec.name)
+        if not self.durable and self.root is not None:
+            shutil.rmtree(self.root, ignore_errors=True)

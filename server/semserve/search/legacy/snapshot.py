@@ -1,4 +1,4 @@
-"""Snapshots: a collection's live documents and vectors in one file, replaced atomically.
+"""Snapshots of the earlier format: a collection's live documents and vectors in one file, replaced atomically.
 
 Layout: ``SEMSNAP1 | u64 n | n bytes of JSON (header and documents) | u64 m | m bytes of
 float32 little-endian vectors (rows in document order) | u32 crc32 of everything before``.
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from semserve.search.wal import fsync_dir
+from semserve.search.files import fsync_dir
 
 MAGIC = b"SEMSNAP1"
 _U64 = struct.Struct("<Q")

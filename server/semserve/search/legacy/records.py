@@ -1,4 +1,4 @@
-"""Payloads of write-ahead log records: one upsert batch or one delete batch per record.
+"""Payloads of the earlier format's log records: one upsert batch or one delete batch per record.
 
 ``kind (1 byte) | u32 n | n bytes of JSON | float32 little-endian vectors``. A whole request is
 one record, so after a crash it is either wholly replayed or wholly absent. Vectors are stored

@@ -1,0 +1,283 @@
+"""One collection's documents on disk: a SQLite file holding ids, text, metadata and vectors.
+
+Why SQLite rather than a log of our own: it is the most tested embedded storage engine there
+is, and the faults a hand-written log got wrong (a full disk mid-record, damage in the middle
+of a file, a zero-filled tail after power loss) are exactly what its journal, page checksums
+of the WAL and "database disk image is malformed" checks exist for. WAL journal mode with
+``synchronous=FULL``: a commit returns once the WAL is fsynced, readers never block the writer,
+and a crash at any moment leaves the last committed transaction. One transaction carries a
+whole group of writers (``commit``), so N concurrent upserts cost about one fsync.
+
+The vectors are stored as float32 blobs, exactly as the shards received them (already
+normalised for cosine), and loaded into the shard tensors at start; text and metadata stay
+here and are read when a call needs them, so host memory holds only ids and vectors.
+
+Schema (``format`` 1)::
+
+    spec(key TEXT PRIMARY KEY, value TEXT)            name, model, dimension, metric, format
+    documents(row INTEGER PRIMARY KEY, id TEXT UNIQUE, text TEXT, metadata TEXT (JSON), vector BLOB)
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import queue
+import sqlite3
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from semserve.core.errors import CoreError, DataLoss, DiskFull, Unavailable
+
+log = logging.getLogger(__name__)
+
+FILE_NAME = "collection.sqlite3"
+FORMAT = 1
+# SQLite allows 32766 bound parameters; ids are read in chunks well below that.
+_IDS_PER_QUERY = 500
+# Reader connections per collection: enough for the engine's blocking threads to read at once.
+_READERS = 4
+
+# Primary result codes (https://www.sqlite.org/rescode.html).
+_SQLITE_IOERR, _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_NOTADB = 10, 11, 13, 26
+
+_SCHEMA = (
+    "CREATE TABLE spec(key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE documents(row INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, text TEXT NOT NULL, "
+    "metadata TEXT NOT NULL, vector BLOB NOT NULL)",
+)
+
+
+@dataclass(frozen=True)
+class CollectionSpec:
+    name: str
+    model: str
+    dimension: int
+    metric: str
+
+
+@dataclass
+class Upsert:
+    ids: list[str]
+    texts: list[str]
+    metadata: list[dict[str, str]]
+    vectors: np.ndarray  # (len(ids), dimension) float32, as the shards store them
+
+
+@dataclass
+class Delete:
+    ids: list[str]
+
+
+Change = Upsert | Delete
+
+
+class DatabaseDamaged(DataLoss):
+    """The file is not a readable SQLite database of a collection: the collection is failed."""
+
+
+def storage_error(exc: BaseException, name: str, doing: str) -> CoreError:
+    """The status a caller sees for a storage failure while ``doing`` something to collection ``name``."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else None
+    if primary == _SQLITE_FULL or (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)):
+        return DiskFull(
+            f"disk full: collection {name!r} could not {doing}; nothing of this request was applied. "
+            "Free space on the data dir's disk and retry"
+        )
+    if primary in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
+        return DatabaseDamaged(f"collection {name!r}: its file is damaged ({exc}); it was not changed")
+    return Unavailable(f"collection {name!r}: storage error while trying to {doing}: {exc}; retry later")
+
+
+def _connect(path: Path, mode: str, durable: bool) -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions are explicit); ``mode`` is ro, rw or rwc."""
+    connection = sqlite3.connect(
+        f"file:{path}?mode={mode}", uri=True, isolation_level=None, check_same_thread=False, timeout=30.0
+    )
+    if mode != "ro":
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute(f"PRAGMA synchronous={'FULL' if durable else 'OFF'}")
+    return connection
+
+
+def _vector_bytes(vectors: np.ndarray) -> list[bytes]:
+    rows = np.ascontiguousarray(vectors, dtype="<f4")
+    return [row.tobytes() for row in rows]
+
+
+def read_spec(connection: sqlite3.Connection) -> CollectionSpec:
+    raw = dict(connection.execute("SELECT key, value FROM spec").fetchall())
+    if int(raw.get("format", 0)) != FORMAT:
+        raise DatabaseDamaged(f"unknown collection file format {raw.get('format')!r} (this server reads {FORMAT})")
+    return CollectionSpec(raw["name"], raw["model"], int(raw["dimension"]), raw["metric"])
+
+
+class CollectionDatabase:
+    """The SQLite file of one collection: a writer connection and a small pool of readers.
+
+    The writer is used by one thread at a time (the collection's group-commit leader). Readers
+    see the last committed transaction, never a group still being written.
+    """
+
+    def __init__(self, path: Path, spec: CollectionSpec, durable: bool):
+        self.path = path
+        self.spec = spec
+        self.durable = durable
+        self._writer = _connect(path, "rw", durable)
+        self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
+        self._all_readers: list[sqlite3.Connection] = []
+        for _ in range(_READERS):
+            reader = _connect(path, "ro", durable)
+            self._readers.put(reader)
+            self._all_readers.append(reader)
+
+    # -- creation and loading --------------------------------------------------------------
+
+    @staticmethod
+    def create(path: Path, spec: CollectionSpec, durable: bool) -> None:
+        """Write a new, empty collection file holding ``spec`` (one transaction)."""
+        try:
+            connection = _connect(path, "rwc", durable)
+        except (sqlite3.Error, OSError) as exc:
+            raise storage_error(exc, spec.name, "be created") from None
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            for statement in _SCHEMA:
+                connection.execute(statement)
+            values = {"name": spec.name, "model": spec.model, "dimension": spec.dimension, "metric": spec.metric,
+                      "format": FORMAT}
+            connection.executemany("INSERT INTO spec VALUES (?, ?)", [(k, str(v)) for k, v in values.items()])
+            connection.execute("COMMIT")
+        except (sqlite3.Error, OSError) as exc:
+            raise storage_error(exc, spec.name, "be created") from None
+        finally:
+            connection.close()
+
+    @staticmethod
+    def load(path: Path) -> tuple[CollectionSpec, list[str], np.ndarray]:
+        """Check the file and read the spec and every (id, vector), without writing to it.
+
+        Read-only, so a damaged file is left exactly as found: ``quick_check`` walks every page
+        of every table and index; the full read of the vectors would meet any damage in them.
+        """
+        if not path.exists():
+            raise DatabaseDamaged(f"{path} is missing")
+        connection = _connect(path, "ro", True)
+        try:
+            problems = [row[0] for row in connection.execute("PRAGMA quick_check(5)").fetchall()]
+            if problems != ["ok"]:
+                raise DatabaseDamaged(f"{path} is damaged: {'; '.join(problems)}")
+            spec = read_spec(connection)
+            ids: list[str] = []
+            parts: list[np.ndarray] = []
+            cursor = connection.execute("SELECT id, vector FROM documents ORDER BY row")
+            while rows := cursor.fetchmany(65536):
+                ids.extend(r[0] for r in rows)
+                blob = b"".join(r[1] for r in rows)
+                if len(blob) != len(rows) * spec.dimension * 4:
+                    raise DatabaseDamaged(f"{path}: a stored vector does not have dimension {spec.dimension}")
+                parts.append(np.frombuffer(blob, dtype="<f4").reshape(len(rows), spec.dimension))
+            vectors = np.concatenate(parts) if parts else np.empty((0, spec.dimension), np.float32)
+            return spec, ids, vectors.astype(np.float32, copy=False)
+        except sqlite3.DatabaseError as exc:
+            raise DatabaseDamaged(f"{path} is not a readable collection file: {exc}") from None
+        except (KeyError, ValueError) as exc:
+            raise DatabaseDamaged(f"{path}: its spec is incomplete or invalid ({exc})") from None
+        finally:
+            connection.close()
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def commit(self, changes: Sequence[Change]) -> list[int]:
+        """Write ``changes`` in order in one transaction; per change, how many rows it deleted.
+
+        On any failure the transaction is rolled back and nothing of it is on disk; the error is
+        raised as the status the callers will see (``storage_error``).
+        """
+        connection = self._writer
+        deleted: list[int] = []
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            for change in changes:
+                if isinstance(change, Delete):
+                    before = connection.total_changes
+                    connection.executemany("DELETE FROM documents WHERE id = ?", [(i,) for i in change.ids])
+                    deleted.append(connection.total_changes - before)
+                else:
+                    metadata = [json.dumps(m, ensure_ascii=False, separators=(",", ":")) for m in change.metadata]
+                    connection.executemany(
+                        "INSERT INTO documents(id, text, metadata, vector) VALUES (?, ?, ?, ?) "
+                        "ON CONFLICT(id) DO UPDATE SET text = excluded.text, metadata = excluded.metadata, "
+                        "vector = excluded.vector",
+                        zip(change.ids, change.texts, metadata, _vector_bytes(change.vectors)),
+                    )
+                    deleted.append(0)
+            connection.execute("COMMIT")
+        except (sqlite3.Error, OSError) as exc:
+            self._rollback()
+            raise storage_error(exc, self.spec.name, "commit this write") from None
+        return deleted
+
+    def _rollback(self) -> None:
+        try:
+            if self._writer.in_transaction:
+                self._writer.execute("ROLLBACK")
+        except sqlite3.Error:
+            log.exception("collection %r: rollback failed", self.spec.name)
+
+    # -- reads -----------------------------------------------------------------------------
+
+    @contextmanager
+    def _reader(self, doing: str) -> Iterator[sqlite3.Connection]:
+        connection = self._readers.get()
+        try:
+            yield connection
+        except sqlite3.Error as exc:
+            raise storage_error(exc, self.spec.name, doing) from None
+        finally:
+            self._readers.put(connection)
+
+    def documents(self, ids: Sequence[str], with_vectors: bool = True
+                  ) -> dict[str, tuple[str, dict[str, str], np.ndarray | None]]:
+        """Text, metadata and (when asked) the stored vector of each id present, by id."""
+        found: dict[str, tuple[str, dict[str, str], np.ndarray | None]] = {}
+        unique = list(dict.fromkeys(ids))
+        columns = "id, text, metadata, vector" if with_vectors else "id, text, metadata, NULL"
+        with self._reader("read documents") as connection:
+            for start in range(0, len(unique), _IDS_PER_QUERY):
+                chunk = unique[start : start + _IDS_PER_QUERY]
+                marks = ",".join("?" * len(chunk))
+                query = f"SELECT {columns} FROM documents WHERE id IN ({marks})"
+                for doc_id, text, metadata, vector in connection.execute(query, chunk):
+                    if vector is not None:
+                        vector = np.frombuffer(vector, dtype="<f4").astype(np.float32)
+                    found[doc_id] = (text, json.loads(metadata), vector)
+        return found
+
+    def matching(self, where: dict[str, str]) -> list[str]:
+        """Ids whose metadata holds every ``key: value`` of ``where`` (an equality filter)."""
+        clauses = " AND ".join(
+            "EXISTS (SELECT 1 FROM json_each(documents.metadata) AS m WHERE m.key = ? AND m.value = ?)" for _ in where
+        )
+        parameters = [p for item in where.items() for p in item]
+        with self._reader("evaluate a filter") as connection:
+            return [row[0] for row in connection.execute(f"SELECT id FROM documents WHERE {clauses}", parameters)]
+
+    def count(self) -> int:
+        with self._reader("count documents") as connection:
+            return connection.execute("SELECT count(*) FROM documents").fetchone()[0]
+
+    def close(self) -> None:
+        """Close every connection; the last close checkpoints the WAL into the main file."""
+        for reader in self._all_readers:
+            reader.close()
+        try:
+            self._writer.close()
+        except sqlite3.Error:
+            log.exception("collection %r: closing its file failed", self.spec.name)
