@@ -116,7 +116,10 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
 
     @unary_rpc
     async def GetCollection(self, request, context):
-        return search_pb2.GetCollectionResponse(collection=info_proto(await self._collection(request.name)))
+        if not request.name:
+            raise invalid_argument("collection name is empty")
+        # A FAILED collection is described (state and reason), not refused.
+        return search_pb2.GetCollectionResponse(collection=info_proto(await self._core.get_collection(request.name)))
 
     # -- writes ----------------------------------------------------------------------------
 

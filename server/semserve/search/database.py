@@ -25,6 +25,7 @@ import json
 import logging
 import queue
 import sqlite3
+import urllib.parse
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,10 +96,15 @@ def storage_error(exc: BaseException, name: str, doing: str) -> CoreError:
     return Unavailable(f"collection {name!r}: storage error while trying to {doing}: {exc}; retry later")
 
 
-def _connect(path: Path, mode: str, durable: bool) -> sqlite3.Connection:
-    """A connection in autocommit mode (transactions are explicit); ``mode`` is ro, rw or rwc."""
+def _connect(path: Path, mode: str, durable: bool, immutable: bool = False) -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions are explicit); ``mode`` is ro, rw or rwc.
+
+    ``immutable`` (read-only, no WAL file present) reads the main file without creating the
+    ``-wal`` and ``-shm`` files a WAL database otherwise gets: how a file is checked before it is
+    trusted, so that a damaged one is left exactly as found."""
+    flags = f"mode={mode}&immutable=1" if immutable else f"mode={mode}"
     connection = sqlite3.connect(
-        f"file:{path}?mode={mode}", uri=True, isolation_level=None, check_same_thread=False, timeout=30.0
+        f"file:{urllib.parse.quote(str(path))}?{flags}", uri=True, isolation_level=None, check_same_thread=False, timeout=30.0
     )
     if mode != "ro":
         connection.execute("PRAGMA journal_mode=WAL")
@@ -168,11 +174,14 @@ class CollectionDatabase:
         """
         if not path.exists():
             raise DatabaseDamaged(f"{path} is missing")
-        connection = _connect(path, "ro", True)
+        # With a WAL left by a crash, its committed transactions must be read (and -shm may be
+        # rebuilt: an index of the WAL, not data); without one the main file is all there is.
+        connection = _connect(path, "ro", True, immutable=not Path(f"{path}-wal").exists())
         try:
-            problems = [row[0] for row in connection.execute("PRAGMA quick_check(5)").fetchall()]
+            problems = [line for row in connection.execute("PRAGMA quick_check(5)") for line in row[0].splitlines()]
             if problems != ["ok"]:
-                raise DatabaseDamaged(f"{path} is damaged: {'; '.join(problems)}")
+                problems = [p for p in problems if not p.startswith("***")]
+                raise DatabaseDamaged(f"{path} is damaged (database disk image is malformed: {'; '.join(problems)})")
             spec = read_spec(connection)
             ids: list[str] = []
             parts: list[np.ndarray] = []
