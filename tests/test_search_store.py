@@ -268,3 +268,54 @@ def test_damage_in_the_middle_of_an_old_log_is_refused_not_truncated(tmp_path):
     assert "intact record follows" in store.failed()["old"]
     store.close()
     assert fingerprint(folder) == before
+
+
+# -- the SQLite WAL -----------------------------------------------------------------------
+
+def _wal_frames(path: Path) -> list[tuple[int, bool]]:
+    """(offset, is a commit frame) of every frame of a WAL file."""
+    import struct
+
+    data = path.read_bytes()
+    page_size = struct.unpack_from(">I", data, 8)[0]
+    frames = []
+    for offset in range(32, len(data) - 24 - page_size + 1, 24 + page_size):
+        frames.append((offset, struct.unpack_from(">I", data, offset + 4)[0] != 0))
+    return frames
+
+
+def _crashed_with_five_transactions_in_the_wal(tmp_path: Path) -> Path:
+    store = open_store(tmp_path / "data")
+    c = store.create("docs", "", DIMENSION, "dot")
+    c.database._writer.execute("PRAGMA wal_autocheckpoint = 0")  # every transaction stays in the WAL
+    for batch in range(5):
+        c.upsert(*documents(20, start=20 * batch))
+    copy = crash_copy(tmp_path / "data", tmp_path / "crashed")
+    store.close()
+    return copy / "collections" / "docs" / f"{FILE_NAME}-wal"
+
+
+def test_damage_in_the_middle_of_the_sqlite_wal_fails_the_collection_instead_of_losing_what_follows(tmp_path):
+    wal = _crashed_with_five_transactions_in_the_wal(tmp_path)
+    first, _ = _wal_frames(wal)[0]
+    data = bytearray(wal.read_bytes())
+    data[first + 100 : first + 116] = b"\xee" * 16  # in the first transaction's first page
+    wal.write_bytes(bytes(data))
+    before = fingerprint(wal.parent)
+    store = open_store(tmp_path / "crashed")
+    assert "transactions committed after it would be lost" in store.failed()["docs"], store.failed()
+    store.close()
+    assert fingerprint(wal.parent) == before
+
+
+def test_a_torn_last_transaction_in_the_sqlite_wal_is_the_crash_s_unacknowledged_write(tmp_path):
+    wal = _crashed_with_five_transactions_in_the_wal(tmp_path)
+    last, is_commit = _wal_frames(wal)[-1]
+    assert is_commit
+    data = bytearray(wal.read_bytes())
+    data[last + 100 : last + 116] = b"\xee" * 16
+    wal.write_bytes(bytes(data))
+    store = open_store(tmp_path / "crashed")
+    assert not store.failed()
+    assert store.get("docs").describe()["count"] == 80  # the four transactions before the torn one
+    store.close()

@@ -1,6 +1,10 @@
 """Write throughput and memory of the search store, over gRPC on loopback (not part of make test).
 
     PYTHONPATH=server:client .venv/bin/python tests/perf/bench_writes.py [--seconds 8] [--rss-documents 1000000]
+        [--writers 1,4,16] [--server-tree PATH]
+
+``--server-tree`` runs the server of another checkout (e.g. ``git worktree add /tmp/before <rev>``)
+with this client, so that two stores are compared in one run on one machine.
 
 1. Upserts of 256 documents of 384 dimensions into a durable collection (`--data-dir`), from 1 and
    from 4 writer threads at once, for ``--seconds`` each: acknowledged documents per second (each
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -30,11 +35,12 @@ sys.path[:0] = [str(ROOT / "server"), str(ROOT / "client")]
 from semserve_client import SemserveClient  # noqa: E402
 
 
-def start(data_dir: Path) -> tuple[subprocess.Popen, str]:
+def start(data_dir: Path, tree: Path) -> tuple[subprocess.Popen, str]:
+    env = {**os.environ, "PYTHONPATH": f"{tree / 'server'}:{tree / 'client'}"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "semserve", "serve", "--host", "127.0.0.1", "--port", "0", "--device", "cpu",
          "--metrics-port", "0", "--batch-policy", "fixed", "--data-dir", str(data_dir)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tree,
     )
     for line in proc.stdout:
         match = re.search(r"listening on (\S+):(\d+)", line)
@@ -79,13 +85,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--rss-documents", type=int, default=1_000_000)
+    parser.add_argument("--writers", default="1,4,16", help="writer thread counts, comma-separated")
+    parser.add_argument("--server-tree", type=Path, default=ROOT, help="checkout whose server is measured")
     args = parser.parse_args()
-    out: dict = {"date": time.strftime("%Y-%m-%d")}
+    tree = args.server_tree.resolve()
+    revision = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    out: dict = {"date": time.strftime("%Y-%m-%d"), "server_tree": str(tree), "revision": revision.stdout.strip()}
     with tempfile.TemporaryDirectory(prefix="semserve-writes-") as tmp:
-        proc, address = start(Path(tmp) / "data")
+        proc, address = start(Path(tmp) / "data", tree)
         try:
             with SemserveClient(address, timeout=60) as c:
-                for writers in (1, 4):
+                for writers in (int(w) for w in args.writers.split(",")):
                     name = f"w{writers}"
                     c.create_collection(name, dimension=384, metric="cosine")
                     out[f"upsert_256x384_docs_per_s_{writers}_writers"] = round(write_rate(address, name, writers, args.seconds))

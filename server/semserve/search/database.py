@@ -34,6 +34,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from semserve.core.errors import CoreError, DataLoss, DiskFull, Unavailable
+from semserve.search.wal_check import wal_damage
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +175,9 @@ class CollectionDatabase:
         """
         if not path.exists():
             raise DatabaseDamaged(f"{path} is missing")
+        damage = wal_damage(Path(f"{path}-wal"))
+        if damage is not None:
+            raise DatabaseDamaged(damage)
         # With a WAL left by a crash, its committed transactions must be read (and -shm may be
         # rebuilt: an index of the WAL, not data); without one the main file is all there is.
         connection = _connect(path, "ro", True, immutable=not Path(f"{path}-wal").exists())
