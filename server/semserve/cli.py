@@ -95,8 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
 def add_search_arguments(s: argparse.ArgumentParser) -> None:
     sc = SearchConfig()
     s.add_argument("--data-dir", default=_env("data_dir", None),
-                   help="folder for search collections (write-ahead logs, snapshots); without it collections "
-                   "live in memory only and are lost on restart (SEMSERVE_DATA_DIR)")
+                   help="folder for search collections (one SQLite file each); without it collections "
+                   "are lost on restart (SEMSERVE_DATA_DIR)")
     s.add_argument("--search-devices", default=_env("search_devices", sc.devices),
                    help="devices of the search shards: auto (the model devices), cpu, cuda, or cuda:0,cuda:1")
     s.add_argument("--search-shards-per-device", type=int, default=_env("search_shards_per_device", sc.shards_per_device),
