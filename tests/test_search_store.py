@@ -319,3 +319,39 @@ def test_a_torn_last_transaction_in_the_sqlite_wal_is_the_crash_s_unacknowledged
     assert not store.failed()
     assert store.get("docs").describe()["count"] == 80  # the four transactions before the torn one
     store.close()
+
+
+def test_a_drop_during_writes_and_reads_answers_not_found_never_a_storage_error(tmp_path):
+    from semserve.core.errors import CollectionNotFound
+
+    store = open_store(tmp_path / "data")
+    c = store.create("docs", "", DIMENSION, "dot")
+    outcomes: list[str] = []
+    stop = threading.Event()
+
+    def work(seed: int) -> None:
+        n = 0
+        while not stop.is_set():
+            try:
+                c.upsert(*documents(5, start=1000 * seed + n))
+                c.get([f"d{1000 * seed}"], False)
+                c.search(documents(1, start=seed)[3], 3, {"parity": "1"})
+                n += 5
+            except CollectionNotFound:
+                outcomes.append("not found")
+                return
+            except Exception as exc:  # anything else is a bug
+                outcomes.append(repr(exc))
+                return
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    store.drop("docs")
+    time.sleep(0.1)
+    stop.set()
+    for t in threads:
+        t.join(10)
+    assert outcomes == ["not found"] * 4, outcomes
+    store.close()

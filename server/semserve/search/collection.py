@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from semserve.core.errors import CollectionFailed, CollectionNotFound, CoreError, Unavailable
+from semserve.core.errors import CollectionFailed, CollectionNotFound, CoreError, ShuttingDown, Unavailable
 from semserve.core.types import COSINE
 from semserve.search.database import FILE_NAME, CollectionDatabase, CollectionSpec, DatabaseDamaged, Delete, Upsert
 from semserve.search.group_commit import GroupCommit
@@ -48,7 +48,7 @@ def normalize_rows(vectors: np.ndarray) -> np.ndarray:
 
 
 class Collection:
-    def __init__(self, spec: CollectionSpec, layout: Layout, database: CollectionDatabase | None,
+    def __init__(self, spec: CollectionSpec, layout: Layout, database: CollectionDatabase,
                  directory: Path | None = None):
         self.spec = spec
         self.layout = layout
@@ -62,7 +62,13 @@ class Collection:
         # writing, or the shards could not take a committed change); every call raises it.
         self.failure: CoreError | None = None
         self._mask_cache: dict[tuple, list[torch.Tensor]] = {}
-        self._commits: GroupCommit[Upsert | Delete, int] = GroupCommit(self._commit_group)
+        self._commits: GroupCommit[Upsert | Delete, int] = GroupCommit(self._commit_group, self._closed_error)
+        database.closed_error = self._closed_error
+
+    def _closed_error(self) -> CoreError:
+        if self.dropped:
+            return CollectionNotFound(f"collection {self.spec.name!r} was dropped")
+        return ShuttingDown(f"collection {self.spec.name!r} is closed: the server is shutting down; retry on another server")
 
     @classmethod
     def open(cls, directory: Path, layout: Layout, durable: bool) -> "Collection":
@@ -130,10 +136,6 @@ class Collection:
                 self._mask_cache.clear()
         return deleted
 
-    def sync(self) -> None:
-        """Every acknowledged write is already committed; this only checks the collection serves."""
-        self.check_usable()
-
     # -- reads -----------------------------------------------------------------------------
 
     def get(self, ids: list[str], with_vectors: bool) -> tuple[list[tuple[str, str, dict, np.ndarray | None]], list[str]]:
@@ -200,5 +202,6 @@ class Collection:
         return reclaimed
 
     def close(self) -> None:
-        with self.lock:
-            self.database.close()
+        """Finish the commit in progress, refuse later writes and reads, close the file."""
+        self._commits.close()
+        self.database.close()

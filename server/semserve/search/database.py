@@ -29,7 +29,7 @@ import urllib.parse
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -137,12 +137,12 @@ class CollectionDatabase:
         self.spec = spec
         self.durable = durable
         self._writer = _connect(path, "rw", durable)
-        self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
-        self._all_readers: list[sqlite3.Connection] = []
+        self._readers: queue.SimpleQueue[sqlite3.Connection | None] = queue.SimpleQueue()
         for _ in range(_READERS):
-            reader = _connect(path, "ro", durable)
-            self._readers.put(reader)
-            self._all_readers.append(reader)
+            self._readers.put(_connect(path, "ro", durable))
+        # What a read gets once the file is closed (the collection was dropped or the server stops).
+        self.closed_error: Callable[[], CoreError] = lambda: Unavailable(
+            f"collection {spec.name!r} is closed; retry on another server")
 
     # -- creation and loading --------------------------------------------------------------
 
@@ -249,6 +249,9 @@ class CollectionDatabase:
     @contextmanager
     def _reader(self, doing: str) -> Iterator[sqlite3.Connection]:
         connection = self._readers.get()
+        if connection is None:  # closed: pass the marker on to the next reader
+            self._readers.put(None)
+            raise self.closed_error()
         try:
             yield connection
         except sqlite3.Error as exc:
@@ -287,9 +290,15 @@ class CollectionDatabase:
             return connection.execute("SELECT count(*) FROM documents").fetchone()[0]
 
     def close(self) -> None:
-        """Close every connection; the last close checkpoints the WAL into the main file."""
-        for reader in self._all_readers:
+        """Close every connection once no read uses it; the last close checkpoints the WAL into
+        the main file. Callers make sure no commit runs (the collection's GroupCommit.close)."""
+        for _ in range(_READERS):  # waits for reads in progress to hand their connection back
+            reader = self._readers.get()
+            if reader is None:  # closed already
+                self._readers.put(None)
+                return
             reader.close()
+        self._readers.put(None)
         try:
             self._writer.close()
         except sqlite3.Error:

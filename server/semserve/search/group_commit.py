@@ -28,18 +28,35 @@ class _Slot(Generic[Item, Result]):
 
 
 class GroupCommit(Generic[Item, Result]):
-    def __init__(self, commit: Callable[[Sequence[Item]], Sequence[Result]]):
-        """``commit(items)`` writes items in order and returns one result per item, or raises."""
+    def __init__(self, commit: Callable[[Sequence[Item]], Sequence[Result]],
+                 closed_error: Callable[[], BaseException]):
+        """``commit(items)`` writes items in order and returns one result per item, or raises;
+        ``closed_error()`` is what a writer gets once ``close`` was called."""
         self._commit = commit
+        self._closed_error = closed_error
         self._condition = threading.Condition()
         self._queued: list[_Slot[Item, Result]] = []
         self._committing = False
+        self._closed = False
         self.groups = 0  # commits run so far (how well writers were grouped)
+
+    def close(self) -> None:
+        """Wait for the commit in progress to finish; writers still queued get ``closed_error``."""
+        with self._condition:
+            self._closed = True
+            while self._committing:
+                self._condition.wait()
+            for slot in self._queued:
+                slot.error, slot.done = self._closed_error(), True
+            self._queued = []
+            self._condition.notify_all()
 
     def submit(self, item: Item) -> Result:
         """Block until ``item`` is committed (its result) or its group failed (raises)."""
         slot: _Slot[Item, Result] = _Slot(item)
         with self._condition:
+            if self._closed:
+                raise self._closed_error()
             self._queued.append(slot)
             while not slot.done and self._committing:
                 self._condition.wait()
