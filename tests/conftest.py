@@ -23,7 +23,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/model_factory.py
 
-from semserve.config import BatchingConfig, ModelSpec, RequestLimits, ServerConfig  # noqa: E402
+from semserve.config import BatchingConfig, ModelSpec, RequestLimits, SecurityConfig, ServerConfig  # noqa: E402
 from semserve.models.bundled import default_encoder_path  # noqa: E402
 from semserve.server import start_in_background  # noqa: E402
 from semserve_client import SemserveClient  # noqa: E402
@@ -78,7 +78,8 @@ def start_server(config: ServerConfig, frontends: int | None = None):
 
 
 def server_config(encoders=None, rerankers=(), **overrides) -> ServerConfig:
-    """A loopback CPU server config; keyword overrides go to ServerConfig, BatchingConfig or RequestLimits.
+    """A loopback CPU server config; keyword overrides go to ServerConfig, BatchingConfig, RequestLimits or
+    SecurityConfig.
 
     The batch policy is fixed unless ``policy="measured"`` is given."""
     batching_fields = {f.name for f in dataclasses.fields(BatchingConfig)}
@@ -88,6 +89,10 @@ def server_config(encoders=None, rerankers=(), **overrides) -> ServerConfig:
     batching.setdefault("policy", "fixed")
     batching.setdefault("explicit", frozenset(k for k in batching if k.startswith("max_batch")))
     limits = {k: overrides.pop(k) for k in list(overrides) if k in limits_fields}
+    security_fields = {f.name for f in dataclasses.fields(SecurityConfig)}
+    security = {k: overrides.pop(k) for k in list(overrides) if k in security_fields}
+    if security:
+        overrides["security"] = SecurityConfig(**security)
     if encoders is None:
         encoders = (ModelSpec(BUNDLED_NAME, default_encoder_path(), "encoder"),)
     return ServerConfig(

@@ -19,8 +19,9 @@ AUTH = (("authorization", f"Bearer {TOKEN}"),)
 
 
 @pytest.fixture(scope="module")
-def admin_server():
-    handle = start_server(server_config(admin_token=TOKEN, max_batch_size=4, max_queue_delay_us=0))
+def admin_server(tmp_path_factory):
+    handle = start_server(server_config(admin_token=TOKEN, model_root=tmp_path_factory.getbasetemp(),
+                                        max_batch_size=4, max_queue_delay_us=0))
     yield handle
     handle.stop()
 
@@ -45,6 +46,7 @@ def test_admin_is_disabled_without_a_token(client, tiny_folder):
     with pytest.raises(grpc.RpcError) as err:
         load(client, "x", tiny_folder)
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED and "--admin-token" in err.value.details()
+    assert str(tiny_folder) not in err.value.details()
 
 
 def test_admin_needs_the_right_token(admin_server, tiny_folder):
@@ -114,7 +116,8 @@ def test_load_and_unload_errors(admin_server, tiny_folder, tmp_path):
     with SemserveClient(admin_server.address) as c:
         for name, path, kind, code in [
             (BUNDLED_NAME, tiny_folder, common_pb2.MODEL_KIND_ENCODER, grpc.StatusCode.ALREADY_EXISTS),
-            ("missing", tmp_path / "nope", common_pb2.MODEL_KIND_ENCODER, grpc.StatusCode.FAILED_PRECONDITION),
+            ("missing", tmp_path / "nope", common_pb2.MODEL_KIND_ENCODER, grpc.StatusCode.NOT_FOUND),
+            ("empty", tmp_path, common_pb2.MODEL_KIND_ENCODER, grpc.StatusCode.FAILED_PRECONDITION),
             ("nokind", tiny_folder, common_pb2.MODEL_KIND_UNSPECIFIED, grpc.StatusCode.INVALID_ARGUMENT),
             ("", tiny_folder, common_pb2.MODEL_KIND_ENCODER, grpc.StatusCode.INVALID_ARGUMENT),
         ]:

@@ -93,7 +93,7 @@ def children(pid: int) -> dict[int, str]:
 
 @pytest.fixture(scope="module")
 def two_frontends(tiny_folder):
-    server = ProcessServer(tiny_config(tiny_folder, admin_token=TOKEN, max_batch_size=8), frontends=2)
+    server = ProcessServer(tiny_config(tiny_folder, admin_token=TOKEN, model_root=tiny_folder.parent, max_batch_size=8), frontends=2)
     yield server
     server.stop()
 

@@ -6,7 +6,9 @@
 
 const { SemserveClient } = require('./semserve');
 
-const USAGE = `usage: node cli.js [--target HOST:PORT] [--deadline-ms N] COMMAND [options] ARGS...
+const USAGE = `usage: node cli.js [--target HOST:PORT] [--deadline-ms N] [--api-key KEY]
+                   [--tls] [--ca-cert PEM] [--client-cert PEM --client-key PEM]
+                   COMMAND [options] ARGS...
 
 commands:
   embed TEXT...             [--model NAME] [--format list|float32|float16]
@@ -17,16 +19,19 @@ commands:
                             [--rerank-top-n N] [--include-text] [--include-metadata]
   info
 
---target defaults to $SEMSERVE_TARGET, else 127.0.0.1:50051. Use -- before
-arguments that start with a dash.`;
+--target defaults to $SEMSERVE_TARGET, else 127.0.0.1:50051; --api-key to
+$SEMSERVE_API_KEY; --ca-cert, --client-cert, --client-key to $SEMSERVE_CA_CERT,
+$SEMSERVE_CLIENT_CERT, $SEMSERVE_CLIENT_KEY (any certificate turns TLS on). Use --
+before arguments that start with a dash.`;
 
 // Flags that take a value; every other --flag is a switch.
 const VALUE_FLAGS = new Set([
   'target', 'deadline-ms', 'model', 'format', 'top-n', 'top-k', 'rerank-model', 'rerank-top-n',
+  'api-key', 'ca-cert', 'client-cert', 'client-key',
 ]);
 const SWITCHES = new Set([
   'no-normalize', 'no-truncate', 'return-documents', 'raw-scores', 'rerank',
-  'include-text', 'include-metadata', 'help',
+  'include-text', 'include-metadata', 'help', 'tls',
 ]);
 
 class UsageError extends Error {}
@@ -141,7 +146,13 @@ async function main(argv) {
     if (!Object.prototype.hasOwnProperty.call(COMMANDS, command)) {
       throw new UsageError(`unknown command ${command}`);
     }
-    client = new SemserveClient(flags.target || process.env.SEMSERVE_TARGET || '127.0.0.1:50051');
+    client = new SemserveClient(flags.target || process.env.SEMSERVE_TARGET || '127.0.0.1:50051', {
+      apiKey: flags['api-key'] || process.env.SEMSERVE_API_KEY,
+      tls: Boolean(flags.tls),
+      caCert: flags['ca-cert'] || process.env.SEMSERVE_CA_CERT,
+      clientCert: flags['client-cert'] || process.env.SEMSERVE_CLIENT_CERT,
+      clientKey: flags['client-key'] || process.env.SEMSERVE_CLIENT_KEY,
+    });
     const result = await COMMANDS[command](client, args, flags);
     process.stdout.write(`${JSON.stringify(result)}\n`);
     return 0;

@@ -3,6 +3,7 @@
 // run time from the repository's protos/ folder, so this client never drifts from
 // the contract the server was built against and needs no generated code.
 
+const fs = require('fs');
 const path = require('path');
 const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
@@ -82,12 +83,31 @@ function toRerankStage(rerank) {
   return stage;
 }
 
+// PEM contents from a Buffer, or from a file path.
+function readPem(source) {
+  if (source === undefined || source === null) return null;
+  return Buffer.isBuffer(source) ? source : fs.readFileSync(source);
+}
+
+// TLS when options.tls or any certificate is given (mTLS with clientCert + clientKey).
+function channelCredentials(options) {
+  if (options.credentials) return options.credentials;
+  if (!options.tls && !options.caCert && !options.clientCert) return grpc.credentials.createInsecure();
+  if (Boolean(options.clientCert) !== Boolean(options.clientKey)) {
+    throw new TypeError('clientCert and clientKey go together');
+  }
+  return grpc.credentials.createSsl(readPem(options.caCert), readPem(options.clientKey), readPem(options.clientCert));
+}
+
 class SemserveClient {
-  // options: credentials (default insecure), deadline (default for every call, ms or
-  // Date), channelOptions (grpc-js channel arguments), metadata (sent with every call).
+  // options: apiKey (sent as 'authorization: Bearer KEY' on every call), tls, caCert,
+  // clientCert, clientKey (paths or Buffers; any of them turns TLS on), credentials (grpc-js
+  // credentials, overriding those), deadline (default for every call, ms or Date),
+  // channelOptions (grpc-js channel arguments), metadata (sent with every call).
   constructor(target, options = {}) {
     const v1 = loadApi();
-    const credentials = options.credentials || grpc.credentials.createInsecure();
+    const credentials = channelCredentials(options);
+    this.apiKey = options.apiKey || null;
     const channelOptions = {
       // Big Embed replies (many texts x float lists) pass grpc-js's 4 MiB default;
       // the server bounds what it sends with --max-message-bytes.
@@ -110,6 +130,7 @@ class SemserveClient {
   unary(stub, method, request, options = {}) {
     const deadline = toDeadline(options.deadline !== undefined ? options.deadline : this.defaultDeadline);
     const metadata = toMetadata(options.metadata || this.defaultMetadata);
+    if (this.apiKey) metadata.set('authorization', `Bearer ${this.apiKey}`);
     return new Promise((resolve, reject) => {
       stub[method](request, metadata, { deadline }, (err, response) => {
         if (err) {

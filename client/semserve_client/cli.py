@@ -20,6 +20,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--target", default=os.environ.get("SEMSERVE_TARGET", DEFAULT_TARGET),
                         help="server address (SEMSERVE_TARGET)")
     parser.add_argument("--timeout", type=float, default=60.0, help="deadline of each call in seconds")
+    parser.add_argument("--api-key", default=os.environ.get("SEMSERVE_API_KEY"),
+                        help="sent as 'authorization: Bearer KEY' (SEMSERVE_API_KEY)")
+    parser.add_argument("--tls", action="store_true", help="TLS, trusting the system's CAs (or --ca-cert)")
+    parser.add_argument("--ca-cert", default=os.environ.get("SEMSERVE_CA_CERT"),
+                        help="PEM CA that signed the server's certificate; implies --tls (SEMSERVE_CA_CERT)")
+    parser.add_argument("--client-cert", default=os.environ.get("SEMSERVE_CLIENT_CERT"),
+                        help="PEM client certificate for mTLS (SEMSERVE_CLIENT_CERT)")
+    parser.add_argument("--client-key", default=os.environ.get("SEMSERVE_CLIENT_KEY"),
+                        help="PEM key of --client-cert (SEMSERVE_CLIENT_KEY)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     e = sub.add_parser("embed", help="embed texts; prints {model, dimension, embeddings}")
@@ -199,7 +208,9 @@ def run_search(args: argparse.Namespace, client: SemserveClient) -> object:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        with SemserveClient(args.target, timeout=args.timeout) as client:
+        client = SemserveClient(args.target, timeout=args.timeout, api_key=args.api_key, tls=args.tls,
+                                ca_cert=args.ca_cert, client_cert=args.client_cert, client_key=args.client_key)
+        with client:
             print(json.dumps(run(args, client), ensure_ascii=False))
     except grpc.RpcError as exc:
         print(f"semserve-client: {exc.code().name}: {exc.details()}", file=sys.stderr)

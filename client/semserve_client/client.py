@@ -11,15 +11,12 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from semserve_client import search_requests as sr
+from semserve_client.channels import PemSource, open_aio_channel, open_channel
 from semserve_client.requests import decode_embeddings, embed_request, rerank_request
 from semserve_client.v1 import encoder_pb2, encoder_pb2_grpc, info_pb2, info_pb2_grpc
 from semserve_client.v1 import reranker_pb2, reranker_pb2_grpc, search_pb2, search_pb2_grpc
 
 DEFAULT_TARGET = "127.0.0.1:50051"
-_CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", 256 * 1024 * 1024),
-    ("grpc.max_send_message_length", 256 * 1024 * 1024),
-]
 
 
 @dataclass
@@ -40,11 +37,17 @@ class _Stubs:
 
 
 class SemserveClient(_Stubs):
-    """Blocking client. ``timeout`` is each call's deadline in seconds."""
+    """Blocking client. ``timeout`` is each call's deadline in seconds.
 
-    def __init__(self, target: str = DEFAULT_TARGET, timeout: float | None = 60.0, channel: grpc.Channel | None = None):
+    ``api_key`` is sent on every call; ``tls`` (or any of ``ca_cert``, ``client_cert``/``client_key``,
+    as paths or PEM bytes) makes the channel TLS, mTLS with a client certificate."""
+
+    def __init__(self, target: str = DEFAULT_TARGET, timeout: float | None = 60.0, channel: grpc.Channel | None = None,
+                 *, api_key: str | None = None, tls: bool = False, ca_cert: PemSource = None,
+                 client_cert: PemSource = None, client_key: PemSource = None):
         self.timeout = timeout
-        self._bind(channel or grpc.insecure_channel(target, options=_CHANNEL_OPTIONS))
+        self._bind(channel or open_channel(target, tls=tls, ca_cert=ca_cert, client_cert=client_cert,
+                                           client_key=client_key, api_key=api_key))
 
     def close(self) -> None:
         self.channel.close()
@@ -130,9 +133,11 @@ class AsyncSemserveClient(_Stubs):
     """asyncio client; create it inside a running event loop."""
 
     def __init__(self, target: str = DEFAULT_TARGET, timeout: float | None = 60.0,
-                 channel: grpc.aio.Channel | None = None):
+                 channel: grpc.aio.Channel | None = None, *, api_key: str | None = None, tls: bool = False,
+                 ca_cert: PemSource = None, client_cert: PemSource = None, client_key: PemSource = None):
         self.timeout = timeout
-        self._bind(channel or grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS))
+        self._bind(channel or open_aio_channel(target, tls=tls, ca_cert=ca_cert, client_cert=client_cert,
+                                               client_key=client_key, api_key=api_key))
 
     async def close(self) -> None:
         await self.channel.close()

@@ -12,7 +12,9 @@ from typing import Sequence
 
 from pathlib import Path
 
-from semserve.config import BatchingConfig, ConfigError, ModelSpec, RequestLimits, SearchConfig, ServerConfig
+from semserve.config import (
+    ROLES, BatchingConfig, ConfigError, ModelSpec, RequestLimits, SearchConfig, SecurityConfig, ServerConfig,
+)
 
 
 def _env(name: str, default):
@@ -32,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve", help="serve models over gRPC", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     b, l = BatchingConfig(), RequestLimits()
-    s.add_argument("--host", default=_env("host", "0.0.0.0"), help="address to bind (SEMSERVE_HOST)")
+    s.add_argument("--host", default=_env("host", "127.0.0.1"),
+                   help="address to bind; 0.0.0.0 for every interface (containers) (SEMSERVE_HOST)")
     s.add_argument("--port", type=int, default=_env("port", 50051), help="port; 0 picks a free one (SEMSERVE_PORT)")
     s.add_argument(
         "--encoder", action="append", default=None, metavar="[NAME=]DIR",
@@ -76,20 +79,52 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--grace-period-s", type=float, default=_env("grace_period_s", 20.0),
                    help="seconds calls in flight get after SIGTERM")
     s.add_argument("--metrics-port", type=int, default=_env("metrics_port", 9090),
-                   help="Prometheus /metrics over HTTP; 0 disables")
+                   help="Prometheus /metrics over HTTP; 0 disables (SEMSERVE_METRICS_PORT)")
+    s.add_argument("--metrics-host", default=_env("metrics_host", None),
+                   help="address /metrics binds; default: --host (SEMSERVE_METRICS_HOST)")
     s.add_argument("--tokenizer-threads", type=int, default=_env("tokenizer_threads", 2))
     s.add_argument("--log-level", default=_env("log_level", "INFO"))
     s.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
                    default=_env("cuda_graphs", "1") not in ("0", "false", "no"),
                    help="on GPUs, launch kernels from Python instead of replaying captured CUDA graphs "
                    "(SEMSERVE_CUDA_GRAPHS=0)")
-    s.add_argument("--admin-token", default=_env("admin_token", None),
-                   help="enables LoadModel/UnloadModel for calls with 'authorization: Bearer TOKEN' (SEMSERVE_ADMIN_TOKEN)")
+    add_security_arguments(s)
     add_search_arguments(s)
     from semserve.training.cli import add_subcommands as add_training_subcommands
 
     add_training_subcommands(sub)
+    k = sub.add_parser("api-key", help="make an API key and the line that grants it a role in --api-keys-file")
+    k.add_argument("--role", choices=ROLES, required=True)
+    k.add_argument("--label", default="", help="a name for the key, kept in the file (no spaces)")
     return parser
+
+
+def add_security_arguments(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--tls-cert", type=Path, default=_env("tls_cert", None),
+                   help="PEM certificate (chain) of the gRPC port; with --tls-key turns TLS on; re-read when it "
+                   "changes or on SIGHUP (SEMSERVE_TLS_CERT)")
+    s.add_argument("--tls-key", type=Path, default=_env("tls_key", None), help="PEM private key (SEMSERVE_TLS_KEY)")
+    s.add_argument("--tls-client-ca", type=Path, default=_env("tls_client_ca", None),
+                   help="PEM CA: clients must present a certificate it signed (mTLS) (SEMSERVE_TLS_CLIENT_CA)")
+    s.add_argument("--api-keys-file", type=Path, default=_env("api_keys_file", None),
+                   help="lines 'ROLE SHA256-HEX [LABEL]' (roles: read, write, admin; `semserve api-key` makes them); "
+                   "every RPC but health then needs 'authorization: Bearer KEY'; re-read when it changes "
+                   "(SEMSERVE_API_KEYS_FILE)")
+    s.add_argument("--admin-token", default=_env("admin_token", None),
+                   help="one admin key given directly (beside --api-keys-file); alone it guards only "
+                   "LoadModel/UnloadModel (SEMSERVE_ADMIN_TOKEN)")
+    s.add_argument("--reflection", choices=("on", "off"), default=_env("reflection", "on"),
+                   help="gRPC server reflection (needs the read role when keys are on) (SEMSERVE_REFLECTION)")
+    s.add_argument("--model-root", type=Path, default=_env("model_root", None),
+                   help="LoadModel loads only folders under this one; unset, LoadModel is off (SEMSERVE_MODEL_ROOT)")
+
+
+def security_config_from_args(args: argparse.Namespace) -> SecurityConfig:
+    return SecurityConfig(
+        tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
+        api_keys_file=args.api_keys_file, admin_token=args.admin_token or None,
+        reflection=args.reflection == "on", model_root=args.model_root,
+    )
 
 
 def add_search_arguments(s: argparse.ArgumentParser) -> None:
@@ -152,9 +187,10 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         ),
         grace_period_s=args.grace_period_s,
         metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host or None,
         tokenizer_threads=args.tokenizer_threads,
         log_level=args.log_level,
-        admin_token=args.admin_token or None,
+        security=security_config_from_args(args),
         cuda_graphs=args.cuda_graphs,
         search=search_config_from_args(args),
     )
@@ -197,6 +233,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=getattr(args, "log_level", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if args.command == "api-key":
+        from semserve.frontend.auth import hash_key, new_key
+
+        key = new_key()
+        print(f"key (give it to the caller; it is not stored): {key}")
+        print(f"line for --api-keys-file: {args.role} {hash_key(key)} {args.label}".rstrip())
+        return 0
     if args.command == "serve":
         try:
             config = config_from_args(args)

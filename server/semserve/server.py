@@ -14,6 +14,7 @@ import threading
 from dataclasses import dataclass
 
 from semserve.config import ServerConfig
+from semserve.endpoints import bind_metrics, metrics_description, warn_if_exposed
 from semserve.engine.engine import Engine
 from semserve.frontend.server import FrontEnd
 
@@ -48,29 +49,30 @@ class SemserveServer:
         return f"semserve listening on {self.config.host}:{self.port}; {self.engine.summary()}"
 
 
-def start_metrics(config: ServerConfig, engine: Engine) -> None:
-    """Prometheus /metrics over HTTP in the engine's process: it holds the model counters and
-    the counters every front end reports."""
+def register_metrics(config: ServerConfig, engine: Engine) -> None:
+    """Counters in the engine's process: it holds the model counters and those every front end reports."""
     if config.metrics_port:
-        from prometheus_client import REGISTRY, start_http_server
+        from prometheus_client import REGISTRY
 
         from semserve.engine.stats import FrontendCollector
 
         REGISTRY.register(FrontendCollector(engine))
-        start_http_server(config.metrics_port)
 
 
 async def serve_until_signalled(config: ServerConfig) -> None:
     """Run until SIGTERM or SIGINT, then stop gracefully."""
+    bind_metrics(config)
+    warn_if_exposed(config)
     server = SemserveServer(config)
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, server.load_models)
-    start_metrics(config, server.engine)
+    register_metrics(config, server.engine)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await server.start()
-    log.info(server.describe() + (f"; metrics on :{config.metrics_port}/metrics" if config.metrics_port else ""))
+    loop.add_signal_handler(signal.SIGHUP, server.frontend.reload_credentials)
+    log.info(server.describe() + metrics_description(config))
     await stop.wait()
     log.info("stopping: health NOT_SERVING, refusing new calls, %.0fs grace for calls in flight", config.grace_period_s)
     await server.stop()

@@ -6,6 +6,7 @@ from semserve import __version__
 from semserve.config import ServerConfig
 from semserve.core.api import Core
 from semserve.core.types import ENCODER, ModelDescriptor
+from semserve.frontend.auth import Authorizer
 from semserve.frontend.errors import unary_rpc
 from semserve_client.v1 import common_pb2, info_pb2, info_pb2_grpc
 
@@ -14,7 +15,8 @@ def model_kind_proto(kind: str) -> int:
     return common_pb2.MODEL_KIND_ENCODER if kind == ENCODER else common_pb2.MODEL_KIND_CROSS_ENCODER
 
 
-def model_info(model: ModelDescriptor) -> info_pb2.ModelInfo:
+def model_info(model: ModelDescriptor, with_path: bool = True) -> info_pb2.ModelInfo:
+    """``with_path`` only for admins: a folder path tells a caller about the server's filesystem."""
     info = info_pb2.ModelInfo(
         name=model.name,
         kind=model_kind_proto(model.kind),
@@ -22,7 +24,7 @@ def model_info(model: ModelDescriptor) -> info_pb2.ModelInfo:
         max_tokens=model.max_tokens,
         devices=model.devices,
         dtype=model.dtype,
-        path=model.path,
+        path=model.path if with_path else "",
         is_default=model.is_default,
         pooling=model.pooling,
     )
@@ -64,16 +66,18 @@ def limits_proto(config: ServerConfig) -> info_pb2.Limits:
 
 
 class InfoServicer(info_pb2_grpc.InfoServiceServicer):
-    def __init__(self, core: Core, config: ServerConfig):
+    def __init__(self, core: Core, config: ServerConfig, authorizer: Authorizer):
         self._core = core
         self._config = config
+        self._authorizer = authorizer
 
     @unary_rpc
     async def GetInfo(self, request, context):
         info = await self._core.info()
+        admin = self._authorizer.is_admin(context.invocation_metadata())
         return info_pb2.GetInfoResponse(
             version=__version__,
-            models=[model_info(m) for m in info.models],
+            models=[model_info(m, with_path=admin) for m in info.models],
             limits=limits_proto(self._config),
             frontends=[info_pb2.FrontendInfo(index=f.index, pid=f.pid, requests=f.requests) for f in info.frontends],
         )

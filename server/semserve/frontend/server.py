@@ -21,12 +21,14 @@ from semserve.config import ServerConfig
 from semserve.core.api import Core
 from semserve.core.types import FrontendCounters
 from semserve.frontend.admin_service import AdminServicer
+from semserve.frontend.auth import ApiKeys, AuthInterceptor, Authorizer
 from semserve.frontend.encoder_service import EncoderServicer
 from semserve.frontend.inference import Inference
 from semserve.frontend.info_service import InfoServicer
 from semserve.frontend.models import ModelDirectory
 from semserve.frontend.reranker_service import RerankerServicer
 from semserve.frontend.search_service import SearchServicer
+from semserve.frontend.tls import CertificateFiles, server_credentials
 from semserve_client.v1 import encoder_pb2, encoder_pb2_grpc, info_pb2, info_pb2_grpc, reranker_pb2
 from semserve_client.v1 import reranker_pb2_grpc, search_pb2, search_pb2_grpc
 
@@ -158,6 +160,9 @@ class FrontEnd:
         self.health = health.aio.HealthServicer()
         self.port: int | None = None
         self._counter = _EveryCall()
+        self.keys = ApiKeys(config.security)
+        self.authorizer = Authorizer(self.keys)
+        self.certificates: CertificateFiles | None = None
         self._grpc: grpc.aio.Server | None = None
         self._reporter: asyncio.Task | None = None
 
@@ -166,7 +171,7 @@ class FrontEnd:
         await self.models.refresh()
         limits = self.config.limits
         server = grpc.aio.server(
-            interceptors=[self._counter],
+            interceptors=[AuthInterceptor(self.authorizer), self._counter],
             options=[
                 ("grpc.max_receive_message_length", limits.max_receive_message_bytes),
                 ("grpc.max_send_message_length", limits.max_send_message_bytes),
@@ -177,17 +182,23 @@ class FrontEnd:
         encoder_pb2_grpc.add_EncoderServiceServicer_to_server(EncoderServicer(self.inference, limits), server)
         reranker_pb2_grpc.add_RerankerServiceServicer_to_server(RerankerServicer(self.inference, limits), server)
         search_pb2_grpc.add_SearchServiceServicer_to_server(SearchServicer(self.inference, limits), server)
-        info_pb2_grpc.add_InfoServiceServicer_to_server(InfoServicer(self.core, self.config), server)
-        info_pb2_grpc.add_AdminServiceServicer_to_server(
-            AdminServicer(self.core, self.models, self.config.admin_token), server
-        )
+        security = self.config.security
+        info_pb2_grpc.add_InfoServiceServicer_to_server(InfoServicer(self.core, self.config, self.authorizer), server)
+        info_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(self.core, self.models, security.model_root), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            [*SERVICE_NAMES.values(), health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
-            server,
-        )
+        if security.reflection:
+            reflection.enable_server_reflection(
+                [*SERVICE_NAMES.values(), health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                 reflection.SERVICE_NAME],
+                server,
+            )
         address = f"{self.config.host}:{self.config.port}"
-        self.port = server.add_insecure_port(address)
+        tls = server_credentials(security)
+        if tls is None:
+            self.port = server.add_insecure_port(address)
+        else:
+            credentials, self.certificates = tls
+            self.port = server.add_secure_port(address, credentials)
         if not self.port:
             raise OSError(f"could not bind {address}")
         await server.start()
@@ -198,6 +209,12 @@ class FrontEnd:
         await self._report()
         self._reporter = asyncio.get_running_loop().create_task(self._report_forever())
         return self.port
+
+    def reload_credentials(self) -> None:
+        """SIGHUP: re-read the API keys now and the certificate at the next handshake."""
+        self.keys.reload(force=True)
+        if self.certificates is not None:
+            self.certificates.request_reload()
 
     async def stop(self, grace_s: float) -> None:
         """Health NOT_SERVING, refuse new calls, let calls in flight finish within the grace period."""

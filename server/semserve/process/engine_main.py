@@ -24,7 +24,8 @@ from semserve.process.children import (
     setup_logging,
     stop_requested,
 )
-from semserve.server import start_metrics
+from semserve.endpoints import bind_metrics
+from semserve.server import register_metrics
 
 log = logging.getLogger("semserve")
 
@@ -37,11 +38,13 @@ GIL_SWITCH_INTERVAL_S = 0.0005
 
 async def run(config, address: str, ready_fd: int) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # credentials live in the front ends
     loop = asyncio.get_running_loop()
     try:
+        bind_metrics(config)
         engine = Engine(config)
         await loop.run_in_executor(None, engine.load_models)
-        start_metrics(config, engine)
+        register_metrics(config, engine)
         await engine.start()
     except (ConfigError, ModelLoadError, OSError) as exc:
         report(ready_fd, f"failed {exc}")

@@ -7,6 +7,7 @@ computes. On SIGTERM it drains: health NOT_SERVING, no new calls, calls in fligh
 from __future__ import annotations
 
 import asyncio
+import signal
 import logging
 import os
 import sys
@@ -25,6 +26,7 @@ log = logging.getLogger("semserve")
 
 
 async def run(config, address: str, index: int, ready_fd: int) -> int:
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the handler below: a reload must not end the process
     core = RemoteCore(address)
     await core.start()
     frontend = FrontEnd(core, config, index=index, reuse_port=True)
@@ -34,6 +36,7 @@ async def run(config, address: str, index: int, ready_fd: int) -> int:
         report(ready_fd, f"failed {exc}")
         await core.close()
         return 1
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, frontend.reload_credentials)
     report(ready_fd, f"ready {port}")
     await stop_requested()
     await frontend.stop(config.grace_period_s)

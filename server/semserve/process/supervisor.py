@@ -30,6 +30,7 @@ from pathlib import Path
 
 from semserve.config import ServerConfig
 from semserve.process.children import write_config
+from semserve.endpoints import metrics_address, metrics_description, warn_if_exposed
 
 log = logging.getLogger("semserve")
 
@@ -180,6 +181,16 @@ class Supervisor:
             reserved = reserve_port(cfg.host, cfg.port)
         except OSError as exc:
             raise ChildFailed(f"cannot bind {cfg.host}:{cfg.port}: {exc.strerror or exc}", 2) from None
+        if cfg.metrics_port:  # a clash ends the start here, before the engine loads any model
+            host, port = metrics_address(cfg)
+            try:
+                with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    probe.bind((host, port))
+            except OSError as exc:
+                reserved.close()
+                raise ChildFailed(f"cannot bind the metrics port {host}:{port}: {exc.strerror or exc}", 2) from None
+        warn_if_exposed(cfg)
         self.port = reserved.getsockname()[1]
         frontend_config = dataclasses.replace(cfg, port=self.port)
         config_file = self._runtime / "config.pickle"
@@ -190,6 +201,7 @@ class Supervisor:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._forward_reload)
 
         self._engine = await Child.start("engine", "semserve.process.engine_main", arguments)
         started = json.loads(await self._engine.ready())
@@ -197,11 +209,16 @@ class Supervisor:
         await asyncio.gather(*(self._start_frontend(i, arguments) for i in range(count)))
         log.info(
             "semserve listening on %s:%d; %s; %d front-end processes%s", cfg.host, self.port, started["summary"], count,
-            f"; metrics on :{cfg.metrics_port}/metrics" if cfg.metrics_port else "",
+            metrics_description(cfg),
         )
         status = await self._supervise(stop, arguments)
         reserved.close()
         return status
+
+    def _forward_reload(self) -> None:
+        """SIGHUP: each front end re-reads its API keys and TLS certificate."""
+        for child in self._frontends.values():
+            child.signal(signal.SIGHUP)
 
     async def _start_frontend(self, index: int, arguments: list[str]) -> None:
         child = await Child.start(f"front-end {index}", "semserve.process.frontend_main", [*arguments, "--index", str(index)])

@@ -145,9 +145,10 @@ class CollectionStore:
         return (f"collection {name!r} is FAILED: {self._failed[name]}. Its files are left as they were found: "
                 "restore its folder and restart, or drop it")
 
-    def _missing(self, name: str) -> str:
-        known = ", ".join(sorted([*self._collections, *self._failed])) or "none"
-        return f"no collection named {name!r}; collections: {known}"
+    @staticmethod
+    def _missing(name: str) -> str:
+        # Only the name asked for: other collections' names are not the caller's to learn here.
+        return f"no collection named {name!r}; ListCollections shows the collections there are"
 
     def list(self) -> list[Collection]:
         return [self._collections[n] for n in sorted(self._collections)]

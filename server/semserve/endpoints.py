@@ -1,0 +1,45 @@
+"""What the server opens besides its gRPC port (Prometheus /metrics) and what it says about it.
+
+Kept free of torch so the supervisor can check the metrics port before an engine loads anything.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from semserve.config import ConfigError, ServerConfig
+
+log = logging.getLogger("semserve")
+
+
+def metrics_address(config: ServerConfig) -> tuple[str, int]:
+    return config.metrics_host or config.host, config.metrics_port
+
+
+def bind_metrics(config: ServerConfig) -> None:
+    """Serve Prometheus /metrics over HTTP, before any model loads: a port that cannot be bound
+    stops the server at once (ConfigError, exit status 2) instead of after minutes of loading."""
+    if not config.metrics_port:
+        return
+    from prometheus_client import start_http_server
+
+    host, port = metrics_address(config)
+    try:
+        start_http_server(port, addr=host)
+    except OSError as exc:
+        raise ConfigError(f"cannot bind the metrics port {host}:{port}: {exc.strerror or exc}") from None
+
+
+def metrics_description(config: ServerConfig) -> str:
+    if not config.metrics_port:
+        return ""
+    host, port = metrics_address(config)
+    return f"; metrics on http://{host}:{port}/metrics"
+
+
+def warn_if_exposed(config: ServerConfig) -> None:
+    """One warning for a server reachable beyond this host with neither keys nor TLS."""
+    security = config.security
+    if config.host not in ("127.0.0.1", "::1", "localhost") and not security.keys and not security.tls:
+        log.warning("listening on %s with no API keys and no TLS: anyone who reaches this port can read, write and "
+                    "drop collections; see docs/operations.md, Security", config.host)
