@@ -4,6 +4,7 @@ restart, LoadModel held to the model root, nothing leaked, and the metrics port 
 from __future__ import annotations
 
 import os
+import signal
 import shutil
 import socket
 import subprocess
@@ -246,6 +247,63 @@ def test_a_server_open_beyond_loopback_without_keys_or_tls_says_so(models):
     try:
         warnings = [line for line in lines if "with no API keys and no TLS" in line]
         assert len(warnings) == 1, lines
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+def test_the_node_client_speaks_mtls_with_a_key(tmp_path, models):
+    node = shutil.which("node")
+    if node is None or not (ROOT / "client" / "node" / "node_modules").is_dir():
+        pytest.skip("node or client/node/node_modules is missing (make test installs them)")
+    ca = Authority(tmp_path / "pki", "ca")
+    server_pem, client_pem = ca.issue("server", server=True), ca.issue("client", server=False)
+    key, line = make_key("read")
+    (tmp_path / "keys.txt").write_text(line + "\n")
+    server = start_server(tiny_config(models, tls_cert=server_pem.cert, tls_key=server_pem.key,
+                                      tls_client_ca=ca.pem.cert, api_keys_file=tmp_path / "keys.txt"))
+    try:
+        base = [node, "cli.js", "--target", server.address, "--ca-cert", str(ca.pem.cert),
+                "--client-cert", str(client_pem.cert), "--client-key", str(client_pem.key)]
+        run = lambda *extra: subprocess.run([*base, *extra], cwd=ROOT / "client" / "node", capture_output=True,
+                                             text=True, timeout=60)
+        done = run("--api-key", key, "embed", "hello")
+        assert done.returncode == 0, done.stderr
+        assert '"dimension":256' in done.stdout
+        denied = run("embed", "hello")
+        # (node warns about a TLS server name that is an IP address; the status is the last line)
+        assert denied.returncode == 1 and denied.stderr.strip().splitlines()[-1].startswith("UNAUTHENTICATED"), \
+            denied.stderr
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("frontends", ["0", "1"])
+def test_sighup_reloads_the_keys_even_when_the_file_looks_unchanged(tmp_path, models, frontends):
+    from test_lifecycle import start_server as start_cli
+
+    old_key, old_line = make_key("read")
+    new_key, new_line = make_key("read")
+    assert len(old_line) == len(new_line)
+    keys_file = tmp_path / "keys.txt"
+    keys_file.write_text(old_line + "\n")
+    stat = keys_file.stat()
+    proc, address, _ = start_cli("--frontends", frontends, "--api-keys-file", str(keys_file),
+                                 "--encoder", f"tiny={models / 'tiny'}")
+    try:
+        with SemserveClient(address, timeout=30, api_key=new_key) as c:
+            assert code_of(lambda: c.embed(["x"]))[0] == grpc.StatusCode.UNAUTHENTICATED
+            with open(keys_file, "r+") as f:  # same inode, size and times: only SIGHUP can tell
+                f.write(new_line + "\n")
+            os.utime(keys_file, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+            time.sleep(1.5)
+            assert code_of(lambda: c.embed(["x"]))[0] == grpc.StatusCode.UNAUTHENTICATED
+            proc.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 10
+            while code_of(lambda: c.embed(["x"]))[0] != grpc.StatusCode.OK:
+                assert time.monotonic() < deadline, "SIGHUP did not reload the keys"
+                time.sleep(0.2)
+            assert proc.poll() is None  # a reload never stops the server
     finally:
         proc.kill()
         proc.wait(10)
