@@ -83,6 +83,47 @@ function toRerankStage(rerank) {
   return stage;
 }
 
+// RPCs safe to send again (reads; Upsert by id and Delete land the same way twice). Streams,
+// Create/DropCollection and AdminService are never retried.
+const IDEMPOTENT_METHODS = {
+  'semserve.v1.EncoderService': ['Embed', 'Tokenize', 'Similarity'],
+  'semserve.v1.RerankerService': ['Rerank'],
+  'semserve.v1.SearchService': ['ListCollections', 'GetCollection', 'Upsert', 'Delete', 'GetDocuments', 'Search'],
+  'semserve.v1.InfoService': ['GetInfo'],
+};
+
+const DEFAULT_RETRY = {
+  maxAttempts: 4,
+  initialBackoffMs: 100,
+  maxBackoffMs: 2000,
+  backoffMultiplier: 2,
+  retryableStatusCodes: ['UNAVAILABLE', 'RESOURCE_EXHAUSTED'],
+};
+
+// grpc-js's own retries, as a service config: full-jitter exponential backoff, bounded attempts,
+// each attempt within the call's deadline.
+function retryChannelOptions(retry) {
+  if (retry === false || retry === null) return { 'grpc.enable_retries': 0 };
+  const policy = { ...DEFAULT_RETRY, ...(retry || {}) };
+  const name = [];
+  for (const [service, methods] of Object.entries(IDEMPOTENT_METHODS)) {
+    for (const method of methods) name.push({ service, method });
+  }
+  const config = {
+    methodConfig: [{
+      name,
+      retryPolicy: {
+        maxAttempts: policy.maxAttempts,
+        initialBackoff: `${policy.initialBackoffMs / 1000}s`,
+        maxBackoff: `${policy.maxBackoffMs / 1000}s`,
+        backoffMultiplier: policy.backoffMultiplier,
+        retryableStatusCodes: policy.retryableStatusCodes,
+      },
+    }],
+  };
+  return { 'grpc.enable_retries': 1, 'grpc.service_config': JSON.stringify(config) };
+}
+
 // PEM contents from a Buffer, or from a file path.
 function readPem(source) {
   if (source === undefined || source === null) return null;
@@ -100,7 +141,9 @@ function channelCredentials(options) {
 }
 
 class SemserveClient {
-  // options: apiKey (sent as 'authorization: Bearer KEY' on every call), tls, caCert,
+  // options: retry (false turns retries off; an object overrides DEFAULT_RETRY's fields:
+  // idempotent calls answered UNAVAILABLE or RESOURCE_EXHAUSTED are retried with backoff),
+  // apiKey (sent as 'authorization: Bearer KEY' on every call), tls, caCert,
   // clientCert, clientKey (paths or Buffers; any of them turns TLS on), credentials (grpc-js
   // credentials, overriding those), deadline (default for every call, ms or Date),
   // channelOptions (grpc-js channel arguments), metadata (sent with every call).
@@ -113,6 +156,7 @@ class SemserveClient {
       // the server bounds what it sends with --max-message-bytes.
       'grpc.max_receive_message_length': 64 * 1024 * 1024,
       'grpc.max_send_message_length': 64 * 1024 * 1024,
+      ...retryChannelOptions(options.retry),
       ...(options.channelOptions || {}),
     };
     this.target = target;

@@ -8,6 +8,8 @@ which gRPC refuses on plaintext channels (a server on loopback may use keys with
 from __future__ import annotations
 
 import collections
+import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
 
@@ -19,6 +21,56 @@ CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 256 * 1024 * 1024),
     ("grpc.max_send_message_length", 256 * 1024 * 1024),
 ]
+
+
+# RPCs safe to send again: reads, and writes that land the same way twice (Upsert by id, Delete).
+# Streams are left out (a retry would replay what the server already answered), and so are
+# CreateCollection/DropCollection (a repeat answers ALREADY_EXISTS/NOT_FOUND) and AdminService.
+IDEMPOTENT_METHODS = {
+    "semserve.v1.EncoderService": ("Embed", "Tokenize", "Similarity"),
+    "semserve.v1.RerankerService": ("Rerank",),
+    "semserve.v1.SearchService": ("ListCollections", "GetCollection", "Upsert", "Delete", "GetDocuments", "Search"),
+    "semserve.v1.InfoService": ("GetInfo",),
+}
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """gRPC's own retries (a service config), for idempotent RPCs answered UNAVAILABLE (a server
+    restarting or draining) or RESOURCE_EXHAUSTED (a full queue: "retry with backoff").
+
+    gRPC waits a random time between 0 and the current backoff before each attempt (full jitter),
+    multiplying the backoff by ``backoff_multiplier`` up to ``max_backoff_s``; each attempt
+    counts against the call's deadline. ``max_attempts`` includes the first (gRPC caps it at 5).
+    """
+
+    max_attempts: int = 4
+    initial_backoff_s: float = 0.1
+    max_backoff_s: float = 2.0
+    backoff_multiplier: float = 2.0
+    retryable_status_codes: tuple[str, ...] = ("UNAVAILABLE", "RESOURCE_EXHAUSTED")
+
+    def service_config(self) -> str:
+        return json.dumps({"methodConfig": [{
+            "name": [{"service": service, "method": method}
+                     for service, methods in IDEMPOTENT_METHODS.items() for method in methods],
+            "retryPolicy": {
+                "maxAttempts": self.max_attempts,
+                "initialBackoff": f"{self.initial_backoff_s}s",
+                "maxBackoff": f"{self.max_backoff_s}s",
+                "backoffMultiplier": self.backoff_multiplier,
+                "retryableStatusCodes": list(self.retryable_status_codes),
+            },
+        }]})
+
+
+DEFAULT_RETRY = RetryPolicy()
+
+
+def _options(retry: RetryPolicy | None) -> list[tuple[str, object]]:
+    if retry is None:
+        return [*CHANNEL_OPTIONS, ("grpc.enable_retries", 0)]
+    return [*CHANNEL_OPTIONS, ("grpc.enable_retries", 1), ("grpc.service_config", retry.service_config())]
 
 
 def _pem(source: PemSource) -> bytes | None:
@@ -91,20 +143,24 @@ class _AsyncApiKey(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamCli
 
 
 def open_channel(target: str, *, tls: bool = False, ca_cert: PemSource = None, client_cert: PemSource = None,
-                 client_key: PemSource = None, api_key: str | None = None) -> grpc.Channel:
-    """A blocking channel; TLS when ``tls`` or any certificate is given."""
+                 client_key: PemSource = None, api_key: str | None = None,
+                 retry: RetryPolicy | None = DEFAULT_RETRY) -> grpc.Channel:
+    """A blocking channel; TLS when ``tls`` or any certificate is given; ``retry=None`` turns retries off."""
+    options = _options(retry)
     if tls or ca_cert is not None or client_cert is not None:
-        channel = grpc.secure_channel(target, channel_credentials(ca_cert, client_cert, client_key), CHANNEL_OPTIONS)
+        channel = grpc.secure_channel(target, channel_credentials(ca_cert, client_cert, client_key), options)
     else:
-        channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+        channel = grpc.insecure_channel(target, options=options)
     return grpc.intercept_channel(channel, _ApiKey(api_key)) if api_key else channel
 
 
 def open_aio_channel(target: str, *, tls: bool = False, ca_cert: PemSource = None, client_cert: PemSource = None,
-                     client_key: PemSource = None, api_key: str | None = None) -> grpc.aio.Channel:
+                     client_key: PemSource = None, api_key: str | None = None,
+                     retry: RetryPolicy | None = DEFAULT_RETRY) -> grpc.aio.Channel:
     """An asyncio channel, as ``open_channel``."""
     interceptors = [_AsyncApiKey(api_key)] if api_key else None
+    options = _options(retry)
     if tls or ca_cert is not None or client_cert is not None:
-        return grpc.aio.secure_channel(target, channel_credentials(ca_cert, client_cert, client_key), CHANNEL_OPTIONS,
+        return grpc.aio.secure_channel(target, channel_credentials(ca_cert, client_cert, client_key), options,
                                        interceptors=interceptors)
-    return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS, interceptors=interceptors)
+    return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)

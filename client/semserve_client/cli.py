@@ -11,6 +11,7 @@ from typing import Sequence
 import grpc
 from google.protobuf.json_format import MessageToDict
 
+from semserve_client.channels import DEFAULT_RETRY
 from semserve_client.client import DEFAULT_TARGET, SemserveClient
 from semserve_client.requests import FORMATS
 
@@ -22,6 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--timeout", type=float, default=60.0, help="deadline of each call in seconds")
     parser.add_argument("--api-key", default=os.environ.get("SEMSERVE_API_KEY"),
                         help="sent as 'authorization: Bearer KEY' (SEMSERVE_API_KEY)")
+    parser.add_argument("--no-retry", action="store_true",
+                        help="do not retry idempotent calls answered UNAVAILABLE or RESOURCE_EXHAUSTED")
     parser.add_argument("--tls", action="store_true", help="TLS, trusting the system's CAs (or --ca-cert)")
     parser.add_argument("--ca-cert", default=os.environ.get("SEMSERVE_CA_CERT"),
                         help="PEM CA that signed the server's certificate; implies --tls (SEMSERVE_CA_CERT)")
@@ -209,7 +212,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         client = SemserveClient(args.target, timeout=args.timeout, api_key=args.api_key, tls=args.tls,
-                                ca_cert=args.ca_cert, client_cert=args.client_cert, client_key=args.client_key)
+                                ca_cert=args.ca_cert, client_cert=args.client_cert, client_key=args.client_key,
+                                retry=None if args.no_retry else DEFAULT_RETRY)
         with client:
             print(json.dumps(run(args, client), ensure_ascii=False))
     except grpc.RpcError as exc:

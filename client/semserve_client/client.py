@@ -11,7 +11,7 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from semserve_client import search_requests as sr
-from semserve_client.channels import PemSource, open_aio_channel, open_channel
+from semserve_client.channels import DEFAULT_RETRY, PemSource, RetryPolicy, open_aio_channel, open_channel
 from semserve_client.requests import decode_embeddings, embed_request, rerank_request
 from semserve_client.v1 import encoder_pb2, encoder_pb2_grpc, info_pb2, info_pb2_grpc
 from semserve_client.v1 import reranker_pb2, reranker_pb2_grpc, search_pb2, search_pb2_grpc
@@ -40,14 +40,16 @@ class SemserveClient(_Stubs):
     """Blocking client. ``timeout`` is each call's deadline in seconds.
 
     ``api_key`` is sent on every call; ``tls`` (or any of ``ca_cert``, ``client_cert``/``client_key``,
-    as paths or PEM bytes) makes the channel TLS, mTLS with a client certificate."""
+    as paths or PEM bytes) makes the channel TLS, mTLS with a client certificate. Idempotent calls
+    answered UNAVAILABLE or RESOURCE_EXHAUSTED are retried with backoff (``retry``; None: off)."""
 
     def __init__(self, target: str = DEFAULT_TARGET, timeout: float | None = 60.0, channel: grpc.Channel | None = None,
                  *, api_key: str | None = None, tls: bool = False, ca_cert: PemSource = None,
-                 client_cert: PemSource = None, client_key: PemSource = None):
+                 client_cert: PemSource = None, client_key: PemSource = None,
+                 retry: RetryPolicy | None = DEFAULT_RETRY):
         self.timeout = timeout
         self._bind(channel or open_channel(target, tls=tls, ca_cert=ca_cert, client_cert=client_cert,
-                                           client_key=client_key, api_key=api_key))
+                                           client_key=client_key, api_key=api_key, retry=retry))
 
     def close(self) -> None:
         self.channel.close()
@@ -134,10 +136,11 @@ class AsyncSemserveClient(_Stubs):
 
     def __init__(self, target: str = DEFAULT_TARGET, timeout: float | None = 60.0,
                  channel: grpc.aio.Channel | None = None, *, api_key: str | None = None, tls: bool = False,
-                 ca_cert: PemSource = None, client_cert: PemSource = None, client_key: PemSource = None):
+                 ca_cert: PemSource = None, client_cert: PemSource = None, client_key: PemSource = None,
+                 retry: RetryPolicy | None = DEFAULT_RETRY):
         self.timeout = timeout
         self._bind(channel or open_aio_channel(target, tls=tls, ca_cert=ca_cert, client_cert=client_cert,
-                                               client_key=client_key, api_key=api_key))
+                                               client_key=client_key, api_key=api_key, retry=retry))
 
     async def close(self) -> None:
         await self.channel.close()
