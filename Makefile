@@ -9,8 +9,9 @@ PYTEST_ARGS ?=
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 NODE_STAMP := client/node/node_modules/.installed-stamp
+BUF_STAMP := protos/node_modules/.installed-stamp
 
-.PHONY: install serve test protos node-install bench-models bench-gpu clean
+.PHONY: install serve test protos proto-check proto-baseline node-install bench-models bench-gpu clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,12 +28,25 @@ $(NODE_STAMP): client/node/package.json
 
 node-install: $(NODE_STAMP)
 
+$(BUF_STAMP): protos/package.json
+	cd protos && npm install --no-audit --no-fund --loglevel=error
+	touch $@
+
+# The contract: buf lint (STANDARD rules) and no breaking change against the committed v1 baseline.
+proto-check: $(BUF_STAMP)
+	cd protos && node_modules/.bin/buf lint
+	cd protos && node_modules/.bin/buf breaking --against baseline/semserve-v1.binpb
+
+# Only when a breaking change is intended (a new major version): the baseline moves with it.
+proto-baseline: $(BUF_STAMP)
+	cd protos && node_modules/.bin/buf build -o baseline/semserve-v1.binpb
+
 serve: install
 	$(VENV)/bin/semserve serve $(SERVE_ARGS)
 
 # The suite runs twice: in one process, then against the multi-process server (a supervisor, an
 # engine process and two front-end processes); fine-tuning tests start no server and run once.
-test: install node-install
+test: install node-install proto-check
 	$(PY) -m pytest $(PYTEST_ARGS)
 	SEMSERVE_TEST_FRONTENDS=2 $(PY) -m pytest --ignore=tests/test_finetune.py $(PYTEST_ARGS)
 

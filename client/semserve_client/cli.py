@@ -138,7 +138,12 @@ def run(args: argparse.Namespace, client: SemserveClient) -> object:
         return {"scores": client.similarity(args.source, args.texts, args.model)}
     if args.command == "rerank":
         response = client.rerank(args.query, args.documents, args.model, args.top_n, True, args.raw_scores)
-        return MessageToDict(response, preserving_proto_field_name=True)
+        # Written out rather than MessageToDict, which drops an index of 0 (often the best document).
+        return {
+            "model": response.model,
+            "results": [{"index": r.index, "score": round(r.score, 6), "document": r.document} for r in response.results],
+            "timing": MessageToDict(response.timing, preserving_proto_field_name=True),
+        }
     if args.command == "bench":
         from semserve_client.bench import LoadSpec, run_load
 

@@ -111,9 +111,12 @@ class SemserveClient(_Stubs):
         request = sr.upsert_request(collection, sr.documents(ids, texts, embeddings, metadata))
         return self.search.Upsert(request, timeout=self.timeout)
 
-    def upsert_stream(self, requests: Iterable[search_pb2.UpsertRequest]) -> search_pb2.UpsertResponse:
-        """Bulk load: many UpsertRequest messages on one stream, one reply at the end."""
-        return self.search.UpsertStream(iter(requests), timeout=self.timeout)
+    def upsert_stream(self, requests: Iterable[search_pb2.UpsertRequest | search_pb2.BulkUpsertRequest]
+                      ) -> search_pb2.BulkUpsertResponse:
+        """Bulk load: many messages on one stream (BulkUpsert), one reply at the end."""
+        messages = (m if isinstance(m, search_pb2.BulkUpsertRequest)
+                    else search_pb2.BulkUpsertRequest(collection=m.collection, documents=m.documents) for m in requests)
+        return self.search.BulkUpsert(messages, timeout=self.timeout)
 
     def delete(self, collection: str, ids: Sequence[str]) -> int:
         request = search_pb2.DeleteRequest(collection=collection, ids=list(ids))

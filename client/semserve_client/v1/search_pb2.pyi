@@ -139,6 +139,22 @@ class UpsertResponse(_message.Message):
     timing: _common_pb2.Timing
     def __init__(self, upserted: _Optional[int] = ..., timing: _Optional[_Union[_common_pb2.Timing, _Mapping]] = ...) -> None: ...
 
+class BulkUpsertRequest(_message.Message):
+    __slots__ = ("collection", "documents")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    documents: _containers.RepeatedCompositeFieldContainer[Document]
+    def __init__(self, collection: _Optional[str] = ..., documents: _Optional[_Iterable[_Union[Document, _Mapping]]] = ...) -> None: ...
+
+class BulkUpsertResponse(_message.Message):
+    __slots__ = ("upserted", "timing")
+    UPSERTED_FIELD_NUMBER: _ClassVar[int]
+    TIMING_FIELD_NUMBER: _ClassVar[int]
+    upserted: int
+    timing: _common_pb2.Timing
+    def __init__(self, upserted: _Optional[int] = ..., timing: _Optional[_Union[_common_pb2.Timing, _Mapping]] = ...) -> None: ...
+
 class DeleteRequest(_message.Message):
     __slots__ = ("collection", "ids")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]

@@ -61,6 +61,11 @@ class SearchServiceStub:
                 request_serializer=semserve_dot_v1_dot_search__pb2.UpsertRequest.SerializeToString,
                 response_deserializer=semserve_dot_v1_dot_search__pb2.UpsertResponse.FromString,
                 _registered_method=True)
+        self.BulkUpsert = channel.stream_unary(
+                '/semserve.v1.SearchService/BulkUpsert',
+                request_serializer=semserve_dot_v1_dot_search__pb2.BulkUpsertRequest.SerializeToString,
+                response_deserializer=semserve_dot_v1_dot_search__pb2.BulkUpsertResponse.FromString,
+                _registered_method=True)
         self.UpsertStream = channel.stream_unary(
                 '/semserve.v1.SearchService/UpsertStream',
                 request_serializer=semserve_dot_v1_dot_search__pb2.UpsertRequest.SerializeToString,
@@ -114,13 +119,24 @@ class SearchServiceServicer:
 
     def Upsert(self, request, context):
         """Inserts or replaces documents; acknowledged only once durable.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BulkUpsert(self, request_iterator, context):
+        """Client-streaming bulk load: many messages, one reply at the end, once every document is durable.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UpsertStream(self, request_iterator, context):
-        """Client-streaming bulk load: many UpsertRequest messages, one reply at the end.
+        """Deprecated: BulkUpsert is the same call with messages of its own. Kept for v1 clients.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -171,6 +187,11 @@ def add_SearchServiceServicer_to_server(servicer, server):
                     servicer.Upsert,
                     request_deserializer=semserve_dot_v1_dot_search__pb2.UpsertRequest.FromString,
                     response_serializer=semserve_dot_v1_dot_search__pb2.UpsertResponse.SerializeToString,
+            ),
+            'BulkUpsert': grpc.stream_unary_rpc_method_handler(
+                    servicer.BulkUpsert,
+                    request_deserializer=semserve_dot_v1_dot_search__pb2.BulkUpsertRequest.FromString,
+                    response_serializer=semserve_dot_v1_dot_search__pb2.BulkUpsertResponse.SerializeToString,
             ),
             'UpsertStream': grpc.stream_unary_rpc_method_handler(
                     servicer.UpsertStream,
@@ -330,6 +351,33 @@ class SearchService:
             '/semserve.v1.SearchService/Upsert',
             semserve_dot_v1_dot_search__pb2.UpsertRequest.SerializeToString,
             semserve_dot_v1_dot_search__pb2.UpsertResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BulkUpsert(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/semserve.v1.SearchService/BulkUpsert',
+            semserve_dot_v1_dot_search__pb2.BulkUpsertRequest.SerializeToString,
+            semserve_dot_v1_dot_search__pb2.BulkUpsertResponse.FromString,
             options,
             channel_credentials,
             insecure,

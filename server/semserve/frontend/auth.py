@@ -40,7 +40,7 @@ _CHECK_EVERY_S = 1.0
 
 # Methods beyond ``read``; health needs no key; everything else (reflection included) needs read.
 _WRITE_METHODS = {f"/semserve.v1.SearchService/{m}" for m in
-                  ("Upsert", "UpsertStream", "Delete", "CreateCollection", "DropCollection")}
+                  ("Upsert", "BulkUpsert", "UpsertStream", "Delete", "CreateCollection", "DropCollection")}
 _ADMIN_SERVICE = "/semserve.v1.AdminService/"
 _OPEN_SERVICE = "/grpc.health.v1.Health/"
 

@@ -143,7 +143,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         if len(docs) > self._limits.max_documents_per_upsert:
             raise invalid_argument(
                 f"{len(docs)} documents in one upsert; at most {self._limits.max_documents_per_upsert} "
-                "are accepted (split it, or use UpsertStream)"
+                "are accepted (split it, or use BulkUpsert)"
             )
         ids = [d.id for d in docs]
         seen: set[str] = set()
@@ -176,7 +176,16 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         upserted = await self._core.upsert(name, ids, texts, metadata, vectors)
         return search_pb2.UpsertResponse(upserted=upserted, timing=timing_proto(timing, time.monotonic() - started))
 
+    async def BulkUpsert(self, request_iterator: AsyncIterator, context):
+        upserted, timing = await self._upsert_stream(request_iterator, context)
+        return search_pb2.BulkUpsertResponse(upserted=upserted, timing=timing)
+
     async def UpsertStream(self, request_iterator: AsyncIterator, context):
+        """The deprecated name of BulkUpsert (its messages have the same fields)."""
+        upserted, timing = await self._upsert_stream(request_iterator, context)
+        return search_pb2.UpsertResponse(upserted=upserted, timing=timing)
+
+    async def _upsert_stream(self, request_iterator: AsyncIterator, context):
         """Messages are encoded a few at a time but applied in stream order; one reply at the end.
 
         A bad message ends the stream with its status, naming the message; the messages before
@@ -215,7 +224,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             await self._cancel(pending)
             code, message = status_for(exc)
             await context.abort(code, message)
-        return search_pb2.UpsertResponse(upserted=upserted, timing=timing_proto(timing, time.monotonic() - started))
+        return upserted, timing_proto(timing, time.monotonic() - started)
 
     @staticmethod
     async def _cancel(pending) -> None:
