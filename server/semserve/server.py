@@ -54,9 +54,10 @@ def register_metrics(config: ServerConfig, engine: Engine) -> None:
     if config.metrics_port:
         from prometheus_client import REGISTRY
 
-        from semserve.engine.stats import FrontendCollector
+        from semserve.engine.stats import EngineStateCollector, FrontendCollector
 
         REGISTRY.register(FrontendCollector(engine))
+        REGISTRY.register(EngineStateCollector(engine))
 
 
 async def serve_until_signalled(config: ServerConfig) -> None:

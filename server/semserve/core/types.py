@@ -245,6 +245,8 @@ class FrontendCounters:
     index: int
     pid: int
     requests: int = 0
+    # CallMetrics.snapshot(): calls by method and status, latency and tokenization histograms.
+    metrics: dict = field(default_factory=dict)
 
 
 @dataclass(slots=True)

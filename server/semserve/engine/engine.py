@@ -40,6 +40,7 @@ from semserve.core.types import (
 )
 from semserve.engine.batching import QueuedRequest
 from semserve.engine.registry import HostedModel, ModelRegistry, describe, load_model
+from semserve.engine.stats import SEARCH_SECONDS, record_request
 from semserve.engine.runtime.devices import resolve_devices
 from semserve.models.errors import ModelLoadError
 from semserve.search.collection import Collection
@@ -171,7 +172,9 @@ class Engine:
         try:
             future = model.batcher.submit(tokens, deadline)
             try:
-                return await future
+                request = await future
+                record_request(model.name, request.timing.queue_s, request.timing.inference_s)
+                return request
             finally:
                 if not future.done():  # the call was cancelled: its queued inputs are dropped
                     future.cancel()
@@ -269,7 +272,8 @@ class Engine:
             )
 
         def search() -> list[list[Hit]]:
-            hits = target.search(queries, top_k, where)
+            with SEARCH_SECONDS.labels(collection).time():
+                hits = target.search(queries, top_k, where)
             if not (include_text or include_metadata):
                 return [[Hit(doc_id, score) for doc_id, score in q] for q in hits]
             documents = target.texts([doc_id for q in hits for doc_id, _ in q])

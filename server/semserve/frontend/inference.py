@@ -13,6 +13,7 @@ import numpy as np
 
 from semserve.core.api import Core
 from semserve.core.types import CROSS_ENCODER, ENCODER, ModelDescriptor, Timing
+from semserve.frontend.call_metrics import CallMetrics
 from semserve.frontend.errors import invalid_argument
 from semserve.frontend.models import ModelDirectory
 from semserve.frontend.tokenization import TextInput, TextTokenizer, Tokenized
@@ -48,10 +49,11 @@ class Outcome:
 
 
 class Inference:
-    def __init__(self, core: Core, models: ModelDirectory, tokenize_pool: Executor):
+    def __init__(self, core: Core, models: ModelDirectory, tokenize_pool: Executor, metrics: CallMetrics | None = None):
         self.core = core
         self.models = models
         self._pool = tokenize_pool
+        self._metrics = metrics
 
     async def tokenize(
         self, model: ModelDescriptor, tokenizer: TextTokenizer, inputs: Sequence[TextInput], truncate: bool, what: str
@@ -72,7 +74,10 @@ class Inference:
                     f"{listed}{more}, over model {model.name!r}'s max_tokens {model.max_tokens}; "
                     "shorten it or send truncate=true"
                 )
-        return tokenized, time.monotonic() - started
+        seconds = time.monotonic() - started
+        if self._metrics is not None:
+            self._metrics.observe_tokenize(model.name, seconds)
+        return tokenized, seconds
 
     async def embed(
         self, model_name: str, texts: Sequence[str], truncate: bool, normalize: bool, deadline: float | None

@@ -22,6 +22,7 @@ from semserve.core.api import Core
 from semserve.core.types import FrontendCounters
 from semserve.frontend.admin_service import AdminServicer
 from semserve.frontend.auth import ApiKeys, AuthInterceptor, Authorizer
+from semserve.frontend.call_metrics import CallMetrics, MeteringInterceptor
 from semserve.frontend.encoder_service import EncoderServicer
 from semserve.frontend.inference import Inference
 from semserve.frontend.info_service import InfoServicer
@@ -129,15 +130,13 @@ def _refusing_unparseable(handler):
     return handler._replace(**changes)
 
 
-class _EveryCall(grpc.aio.ServerInterceptor):
-    """Counts the RPCs this process answers, and refuses unparseable messages precisely."""
+class _RefuseUnparseable(grpc.aio.ServerInterceptor):
+    """Innermost interceptor: refuses unparseable messages precisely."""
 
     def __init__(self) -> None:
-        self.calls = 0
         self._wrapped: dict[str, object] = {}  # per method: handlers do not change while serving
 
     async def intercept_service(self, continuation, handler_call_details):
-        self.calls += 1
         method = handler_call_details.method
         wrapped = self._wrapped.get(method)
         if wrapped is None:
@@ -156,10 +155,10 @@ class FrontEnd:
         self.reuse_port = reuse_port
         self.models = ModelDirectory(core)
         self.tokenize_pool = ThreadPoolExecutor(config.tokenizer_threads, thread_name_prefix="tokenize")
-        self.inference = Inference(core, self.models, self.tokenize_pool)
+        self.metrics = CallMetrics()
+        self.inference = Inference(core, self.models, self.tokenize_pool, self.metrics)
         self.health = health.aio.HealthServicer()
         self.port: int | None = None
-        self._counter = _EveryCall()
         self.keys = ApiKeys(config.security)
         self.authorizer = Authorizer(self.keys)
         self.certificates: CertificateFiles | None = None
@@ -171,7 +170,8 @@ class FrontEnd:
         await self.models.refresh()
         limits = self.config.limits
         server = grpc.aio.server(
-            interceptors=[AuthInterceptor(self.authorizer), self._counter],
+            # Outermost first: every call metered (refused ones too), then authorized, then parsed.
+            interceptors=[MeteringInterceptor(self.metrics), AuthInterceptor(self.authorizer), _RefuseUnparseable()],
             options=[
                 ("grpc.max_receive_message_length", limits.max_receive_message_bytes),
                 ("grpc.max_send_message_length", limits.max_send_message_bytes),
@@ -226,14 +226,15 @@ class FrontEnd:
         self.tokenize_pool.shutdown(wait=False, cancel_futures=True)
 
     async def _report(self) -> None:
-        await self.core.report_frontend(FrontendCounters(self.index, os.getpid(), self._counter.calls))
+        await self.core.report_frontend(
+            FrontendCounters(self.index, os.getpid(), self.metrics.calls, self.metrics.snapshot()))
 
     async def _report_forever(self) -> None:
         last = -1
         while True:
             await asyncio.sleep(REPORT_INTERVAL_S)
-            if self._counter.calls != last:
-                last = self._counter.calls
+            if self.metrics.calls != last:
+                last = self.metrics.calls
                 try:
                     await self._report()
                 except Exception:  # counters are best effort; serving goes on

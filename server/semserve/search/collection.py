@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -21,6 +22,7 @@ import torch
 
 from semserve.core.errors import CollectionFailed, CollectionNotFound, CoreError, ShuttingDown, Unavailable
 from semserve.core.types import COSINE
+from semserve.engine.stats import COMMIT_FAILURES, COMMIT_SECONDS
 from semserve.search.database import FILE_NAME, CollectionDatabase, CollectionSpec, DatabaseDamaged, Delete, Upsert
 from semserve.search.group_commit import GroupCommit
 from semserve.search.shards import ShardedMatrix
@@ -111,12 +113,16 @@ class Collection:
 
     def _commit_group(self, changes: Sequence[Upsert | Delete]) -> list[int]:
         self.check_usable()
+        started = time.monotonic()
         try:
             deleted = self.database.commit(changes)
-        except DatabaseDamaged as exc:
-            self.failure = CollectionFailed(exc.message)
-            log.error("search: collection %r FAILED: %s", self.spec.name, exc.message)
+        except CoreError as exc:
+            COMMIT_FAILURES.labels(self.spec.name, exc.code).inc()
+            if isinstance(exc, DatabaseDamaged):
+                self.failure = CollectionFailed(exc.message)
+                log.error("search: collection %r FAILED: %s", self.spec.name, exc.message)
             raise
+        COMMIT_SECONDS.labels(self.spec.name).observe(time.monotonic() - started)
         with self.lock:
             try:
                 for change in changes:

@@ -182,6 +182,10 @@ class DynamicBatcher:
     def queued_items(self) -> int:
         return self._queued_items
 
+    @property
+    def queued_tokens(self) -> int:
+        return self._queued_tokens
+
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
