@@ -307,3 +307,16 @@ def test_sighup_reloads_the_keys_even_when_the_file_looks_unchanged(tmp_path, mo
     finally:
         proc.kill()
         proc.wait(10)
+
+
+def test_reflection_can_be_turned_off(models):
+    server = start_server(tiny_config(models, reflection=False))
+    try:
+        with SemserveClient(server.address, timeout=30) as c:
+            stub = reflection_pb2_grpc.ServerReflectionStub(c.channel)
+            code, _ = code_of(lambda: list(stub.ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10)))
+            assert code == grpc.StatusCode.UNIMPLEMENTED
+            assert c.embed(["still serving"]).vectors.shape[0] == 1
+    finally:
+        server.stop()
