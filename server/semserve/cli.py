@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="address /metrics binds; default: --host (SEMSERVE_METRICS_HOST)")
     s.add_argument("--tokenizer-threads", type=int, default=_env("tokenizer_threads", 2))
     s.add_argument("--log-level", default=_env("log_level", "INFO"))
+    s.add_argument("--tracing", choices=("off", "otlp"), default=_env("tracing", "off"),
+                   help="OpenTelemetry spans of each request (RPC, tokenize, engine, queue, inference) over OTLP to "
+                   "OTEL_EXPORTER_OTLP_ENDPOINT; needs pip install 'semserve[tracing]' (SEMSERVE_TRACING)")
     s.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
                    default=_env("cuda_graphs", "1") not in ("0", "false", "no"),
                    help="on GPUs, launch kernels from Python instead of replaying captured CUDA graphs "
@@ -190,6 +193,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         metrics_host=args.metrics_host or None,
         tokenizer_threads=args.tokenizer_threads,
         log_level=args.log_level,
+        tracing=args.tracing,
         security=security_config_from_args(args),
         cuda_graphs=args.cuda_graphs,
         search=search_config_from_args(args),

@@ -207,12 +207,16 @@ class ServerConfig:
     # kernel from Python (measured on an H100: +27% MiniLM throughput, lone-request p50 6.8 -> 2.2 ms).
     cuda_graphs: bool = True
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    # OpenTelemetry spans of each request: "off", or "otlp" (frontend/tracing.py).
+    tracing: str = "off"
     search: SearchConfig = field(default_factory=SearchConfig)
 
     def validate(self) -> None:
         self.batching.validate()
         self.search.validate()
         self.security.validate()
+        if self.tracing not in ("off", "otlp"):
+            raise ConfigError(f"tracing must be off or otlp, got {self.tracing!r}")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be in 0..65535, got {self.port}")
         if self.limits.max_texts_per_request > self.batching.max_queue_size:

@@ -1,4 +1,5 @@
-"""Per-RPC metrics of one front end: calls by method and status, latency and tokenization time.
+"""Per-RPC metrics of one front end: calls by method and status, latency and tokenization time
+(and, when tracing is on, each call's span: frontend/tracing.py).
 
 Kept as plain numbers (no Prometheus client in the front ends): each front end reports a
 snapshot to the engine with its other counters (``FrontendCounters.metrics``), and the engine's
@@ -15,6 +16,8 @@ import time
 from typing import Any
 
 import grpc
+
+from semserve.frontend.tracing import Tracing
 
 # Seconds; shared by the call latency and tokenization histograms.
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -79,21 +82,26 @@ def _code_of(context, error: BaseException | None) -> grpc.StatusCode:
     return grpc.StatusCode.UNKNOWN
 
 
-def _metered(handler: grpc.RpcMethodHandler, method: str, metrics: CallMetrics) -> grpc.RpcMethodHandler:
-    """The same handler, recording its status and latency when it ends."""
-    def record(context, started: float, error: BaseException | None) -> None:
-        metrics.observe_call(method, _code_of(context, error), time.monotonic() - started)
+def _metered(handler: grpc.RpcMethodHandler, method: str, metrics: CallMetrics,
+             tracing: Tracing) -> grpc.RpcMethodHandler:
+    """The same handler, recording its status and latency (and its trace span) when it ends."""
+    def record(context, started: float, error: BaseException | None, span) -> None:
+        code = _code_of(context, error)
+        metrics.observe_call(method, code, time.monotonic() - started)
+        tracing.set_status(span, code)
 
     def unary_result(behaviour):
         async def run(request, context):
             started, error = time.monotonic(), None
-            try:
-                return await behaviour(request, context)
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                record(context, started, error)
+            # The current span while the handler runs, so its tokenize and engine spans nest under it.
+            with tracing.rpc(method, context.invocation_metadata()) as span:
+                try:
+                    return await behaviour(request, context)
+                except BaseException as exc:
+                    error = exc
+                    raise
+                finally:
+                    record(context, started, error, span)
         return run
 
     def streamed(behaviour):
@@ -102,6 +110,7 @@ def _metered(handler: grpc.RpcMethodHandler, method: str, metrics: CallMetrics) 
 
         async def run(request, context):
             started, error = time.monotonic(), None
+            span = tracing.start_rpc(method, context.invocation_metadata())  # not current across yields
             try:
                 async for response in behaviour(request, context):
                     yield response
@@ -109,7 +118,9 @@ def _metered(handler: grpc.RpcMethodHandler, method: str, metrics: CallMetrics) 
                 error = exc
                 raise
             finally:
-                record(context, started, error)
+                record(context, started, error, span)
+                if span is not None:
+                    span.end()
         return run
 
     if handler.unary_unary is not None:
@@ -124,8 +135,9 @@ def _metered(handler: grpc.RpcMethodHandler, method: str, metrics: CallMetrics) 
 class MeteringInterceptor(grpc.aio.ServerInterceptor):
     """Outermost interceptor: every call is counted and timed, refused ones included."""
 
-    def __init__(self, metrics: CallMetrics) -> None:
+    def __init__(self, metrics: CallMetrics, tracing: Tracing | None = None) -> None:
         self.metrics = metrics
+        self.tracing = tracing or Tracing()
         # Per method, the last handler seen and its metered version (handlers of served calls do
         # not change; a refused call brings a handler of its own, metered once).
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
@@ -139,6 +151,6 @@ class MeteringInterceptor(grpc.aio.ServerInterceptor):
         cached = self._wrapped.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
-        wrapped = _metered(handler, method, self.metrics)
+        wrapped = _metered(handler, method, self.metrics, self.tracing)
         self._wrapped[method] = (handler, wrapped)
         return wrapped

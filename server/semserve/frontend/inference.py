@@ -16,6 +16,7 @@ from semserve.core.types import CROSS_ENCODER, ENCODER, ModelDescriptor, Timing
 from semserve.frontend.call_metrics import CallMetrics
 from semserve.frontend.errors import invalid_argument
 from semserve.frontend.models import ModelDirectory
+from semserve.frontend.tracing import Tracing, now_ns
 from semserve.frontend.tokenization import TextInput, TextTokenizer, Tokenized
 
 # How many offending indexes an error message lists before summarising.
@@ -49,11 +50,13 @@ class Outcome:
 
 
 class Inference:
-    def __init__(self, core: Core, models: ModelDirectory, tokenize_pool: Executor, metrics: CallMetrics | None = None):
+    def __init__(self, core: Core, models: ModelDirectory, tokenize_pool: Executor, metrics: CallMetrics | None = None,
+                 tracing: Tracing | None = None):
         self.core = core
         self.models = models
         self._pool = tokenize_pool
         self._metrics = metrics
+        self._tracing = tracing or Tracing()
 
     async def tokenize(
         self, model: ModelDescriptor, tokenizer: TextTokenizer, inputs: Sequence[TextInput], truncate: bool, what: str
@@ -84,8 +87,12 @@ class Inference:
     ) -> Outcome:
         """Embeddings as a float32 matrix, normalised per request when asked."""
         model, tokenizer = await self.models.get(model_name, ENCODER)
-        tokenized, tokenization_s = await self.tokenize(model, tokenizer, texts, truncate, "text")
-        result = await self.core.encode(model.name, tokenized.batch, deadline)
+        with self._tracing.span("tokenize", **{"semserve.model": model.name, "semserve.inputs": len(texts)}):
+            tokenized, tokenization_s = await self.tokenize(model, tokenizer, texts, truncate, "text")
+        with self._tracing.span("engine", **{"semserve.model": model.name}) as span:
+            started = now_ns()
+            result = await self.core.encode(model.name, tokenized.batch, deadline)
+            self._tracing.engine_phases(span, started, result.timing)
         result.timing.tokenization_s += tokenization_s
         vectors = l2_normalize(result.vectors) if normalize else result.vectors
         return Outcome(model, vectors, tokenized, result.timing)
@@ -97,7 +104,11 @@ class Inference:
         """One relevance score per document, in input order."""
         model, tokenizer = await self.models.get(model_name, CROSS_ENCODER)
         pairs = [(query, d) for d in documents]
-        tokenized, tokenization_s = await self.tokenize(model, tokenizer, pairs, truncate, "pair")
-        result = await self.core.score(model.name, tokenized.batch, raw, deadline)
+        with self._tracing.span("tokenize", **{"semserve.model": model.name, "semserve.inputs": len(pairs)}):
+            tokenized, tokenization_s = await self.tokenize(model, tokenizer, pairs, truncate, "pair")
+        with self._tracing.span("engine", **{"semserve.model": model.name}) as span:
+            started = now_ns()
+            result = await self.core.score(model.name, tokenized.batch, raw, deadline)
+            self._tracing.engine_phases(span, started, result.timing)
         result.timing.tokenization_s += tokenization_s
         return Outcome(model, result.scores, tokenized, result.timing)

@@ -30,6 +30,7 @@ from semserve.frontend.models import ModelDirectory
 from semserve.frontend.reranker_service import RerankerServicer
 from semserve.frontend.search_service import SearchServicer
 from semserve.frontend.tls import CertificateFiles, server_credentials
+from semserve.frontend.tracing import setup_tracing
 from semserve_client.v1 import encoder_pb2, encoder_pb2_grpc, info_pb2, info_pb2_grpc, reranker_pb2
 from semserve_client.v1 import reranker_pb2_grpc, search_pb2, search_pb2_grpc
 
@@ -156,7 +157,8 @@ class FrontEnd:
         self.models = ModelDirectory(core)
         self.tokenize_pool = ThreadPoolExecutor(config.tokenizer_threads, thread_name_prefix="tokenize")
         self.metrics = CallMetrics()
-        self.inference = Inference(core, self.models, self.tokenize_pool, self.metrics)
+        self.tracing = setup_tracing(config.tracing, f"frontend-{index}")
+        self.inference = Inference(core, self.models, self.tokenize_pool, self.metrics, self.tracing)
         self.health = health.aio.HealthServicer()
         self.port: int | None = None
         self.keys = ApiKeys(config.security)
@@ -171,7 +173,7 @@ class FrontEnd:
         limits = self.config.limits
         server = grpc.aio.server(
             # Outermost first: every call metered (refused ones too), then authorized, then parsed.
-            interceptors=[MeteringInterceptor(self.metrics), AuthInterceptor(self.authorizer), _RefuseUnparseable()],
+            interceptors=[MeteringInterceptor(self.metrics, self.tracing), AuthInterceptor(self.authorizer), _RefuseUnparseable()],
             options=[
                 ("grpc.max_receive_message_length", limits.max_receive_message_bytes),
                 ("grpc.max_send_message_length", limits.max_send_message_bytes),
