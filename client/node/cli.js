@@ -11,8 +11,9 @@ const USAGE = `usage: node cli.js [--target HOST:PORT] [--deadline-ms N] [--api-
                    COMMAND [options] ARGS...
 
 commands:
-  embed TEXT...             [--model NAME] [--format list|float32|float16]
-                            [--no-normalize] [--no-truncate]
+  embed TEXT...             [--model NAME] [--no-normalize] [--no-truncate]
+                            [--format list|float32|float16|int8|uint8|binary|ubinary]
+                            [--dimensions N] [--truncation-direction left|right]
   rerank QUERY DOC...       [--model NAME] [--top-n N] [--return-documents]
                             [--raw-scores] [--no-truncate]
   search COLLECTION QUERY...  [--top-k N] [--rerank] [--rerank-model NAME]
@@ -27,7 +28,7 @@ before arguments that start with a dash.`;
 // Flags that take a value; every other --flag is a switch.
 const VALUE_FLAGS = new Set([
   'target', 'deadline-ms', 'model', 'format', 'top-n', 'top-k', 'rerank-model', 'rerank-top-n',
-  'api-key', 'ca-cert', 'client-cert', 'client-key',
+  'api-key', 'ca-cert', 'client-cert', 'client-key', 'dimensions', 'truncation-direction',
 ]);
 const SWITCHES = new Set([
   'no-normalize', 'no-truncate', 'return-documents', 'raw-scores', 'rerank',
@@ -90,6 +91,8 @@ const COMMANDS = {
       ...callOptions(flags),
       format: flags.format,
       normalize: flags['no-normalize'] ? false : undefined,
+      dimensions: flags.dimensions !== undefined ? positiveInt(flags, 'dimensions') : undefined,
+      truncationDirection: flags['truncation-direction'],
     });
     return {
       model: reply.model,

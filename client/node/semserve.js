@@ -203,6 +203,15 @@ class SemserveClient {
     };
     setIfDefined(request, 'normalize', options.normalize);
     setIfDefined(request, 'truncate', options.truncate);
+    // options.dimensions: keep the first N; options.truncationDirection: 'right' or 'left'.
+    setIfDefined(request, 'dimensions', options.dimensions);
+    if (options.truncationDirection !== undefined) {
+      const direction = String(options.truncationDirection).toUpperCase();
+      if (direction !== 'LEFT' && direction !== 'RIGHT') {
+        throw new TypeError(`truncationDirection must be 'left' or 'right', got ${options.truncationDirection}`);
+      }
+      request.truncation_direction = `TRUNCATION_DIRECTION_${direction}`;
+    }
     const response = await this.unary(this.encoder, 'Embed', request, options);
     return {
       ...response,

@@ -39,7 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--model", default="")
     e.add_argument("--no-normalize", action="store_true")
     e.add_argument("--no-truncate", action="store_true")
-    e.add_argument("--format", choices=list(FORMATS), default="float32", help="wire format")
+    e.add_argument("--format", choices=list(FORMATS), default="float32",
+                   help="wire format and precision (int8/uint8: one byte a dimension; binary/ubinary: packed bits)")
+    e.add_argument("--dimensions", type=int, default=None, help="keep the first N dimensions (Matryoshka models)")
+    e.add_argument("--truncation-direction", choices=("right", "left"), default="right",
+                   help="left keeps the end of a text over the model's max tokens")
 
     t = sub.add_parser("tokenize", help="show the tokens a model sees")
     t.add_argument("texts", nargs="+")
@@ -126,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace, client: SemserveClient) -> object:
     if args.command == "embed":
-        result = client.embed(args.texts, args.model, not args.no_normalize, not args.no_truncate, args.format)
+        result = client.embed(args.texts, args.model, not args.no_normalize, not args.no_truncate, args.format,
+                              args.dimensions, args.truncation_direction)
         return {
             "model": result.response.model,
             "dimension": result.response.dimension,

@@ -61,8 +61,13 @@ class SemserveClient(_Stubs):
         self.close()
 
     def embed(self, texts: Sequence[str], model: str = "", normalize: bool = True, truncate: bool = True,
-              format: str = "float32") -> Embeddings:
-        response = self.encoder.Embed(embed_request(texts, model, normalize, truncate, format), timeout=self.timeout)
+              format: str = "float32", dimensions: int | None = None,
+              truncation_direction: str = "right") -> Embeddings:
+        """``format``: float32, float16, float_list, int8, uint8, binary or ubinary (vectors of that
+        type; binary ones packed 8 dimensions a byte); ``dimensions``: keep the first N;
+        ``truncation_direction``: "left" keeps the end of an over-long text."""
+        request = embed_request(texts, model, normalize, truncate, format, dimensions, truncation_direction)
+        response = self.encoder.Embed(request, timeout=self.timeout)
         return Embeddings(decode_embeddings(response), response)
 
     def tokenize(self, texts: Sequence[str], model: str = "", truncate: bool = True) -> encoder_pb2.TokenizeResponse:
@@ -155,8 +160,9 @@ class AsyncSemserveClient(_Stubs):
         await self.close()
 
     async def embed(self, texts: Sequence[str], model: str = "", normalize: bool = True, truncate: bool = True,
-                    format: str = "float32") -> Embeddings:
-        request = embed_request(texts, model, normalize, truncate, format)
+                    format: str = "float32", dimensions: int | None = None,
+                    truncation_direction: str = "right") -> Embeddings:
+        request = embed_request(texts, model, normalize, truncate, format, dimensions, truncation_direction)
         response = await self.encoder.Embed(request, timeout=self.timeout)
         return Embeddings(decode_embeddings(response), response)
 

@@ -93,9 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "(SEMSERVE_CUDA_GRAPHS=0)")
     add_security_arguments(s)
     add_search_arguments(s)
+    from semserve.training.cli import add_model_tool_subcommands
     from semserve.training.cli import add_subcommands as add_training_subcommands
 
     add_training_subcommands(sub)
+    add_model_tool_subcommands(sub)
     k = sub.add_parser("api-key", help="make an API key and the line that grants it a role in --api-keys-file")
     k.add_argument("--role", choices=ROLES, required=True)
     k.add_argument("--label", default="", help="a name for the key, kept in the file (no spaces)")
@@ -260,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return serve_in_one_process(config)
 
         return asyncio.run(serve_with_frontends(config, frontends))
-    if args.command in ("finetune", "evaluate-pairs"):
+    if args.command in ("finetune", "evaluate-pairs", "quantization-ranges"):
         from semserve.training.cli import run as run_training
 
         return run_training(args)

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18semserve/v1/common.proto\x12\x0bsemserve.v1\"\xca\x01\n\x06Timing\x12\x15\n\rqueue_time_us\x18\x01 \x01(\x04\x12\x1c\n\x14tokenization_time_us\x18\x02 \x01(\x04\x12\x19\n\x11inference_time_us\x18\x03 \x01(\x04\x12\x15\n\rtotal_time_us\x18\x04 \x01(\x04\x12\x16\n\x0e\x63ompute_tokens\x18\x05 \x01(\x04\x12\x15\n\rpadded_tokens\x18\x06 \x01(\x04\x12\x0f\n\x07\x62\x61tches\x18\x07 \x01(\r\x12\x19\n\x11transport_time_us\x18\x08 \x01(\x04\"&\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\")\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c*\x9c\x01\n\x0f\x45mbeddingFormat\x12 \n\x1c\x45MBEDDING_FORMAT_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x45MBEDDING_FORMAT_FLOAT_LIST\x10\x01\x12\"\n\x1e\x45MBEDDING_FORMAT_FLOAT32_BYTES\x10\x02\x12\"\n\x1e\x45MBEDDING_FORMAT_FLOAT16_BYTES\x10\x03*]\n\tModelKind\x12\x1a\n\x16MODEL_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12MODEL_KIND_ENCODER\x10\x01\x12\x1c\n\x18MODEL_KIND_CROSS_ENCODER\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18semserve/v1/common.proto\x12\x0bsemserve.v1\"\xca\x01\n\x06Timing\x12\x15\n\rqueue_time_us\x18\x01 \x01(\x04\x12\x1c\n\x14tokenization_time_us\x18\x02 \x01(\x04\x12\x19\n\x11inference_time_us\x18\x03 \x01(\x04\x12\x15\n\rtotal_time_us\x18\x04 \x01(\x04\x12\x16\n\x0e\x63ompute_tokens\x18\x05 \x01(\x04\x12\x15\n\rpadded_tokens\x18\x06 \x01(\x04\x12\x0f\n\x07\x62\x61tches\x18\x07 \x01(\r\x12\x19\n\x11transport_time_us\x18\x08 \x01(\x04\"&\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\")\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c*\xa6\x02\n\x0f\x45mbeddingFormat\x12 \n\x1c\x45MBEDDING_FORMAT_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x45MBEDDING_FORMAT_FLOAT_LIST\x10\x01\x12\"\n\x1e\x45MBEDDING_FORMAT_FLOAT32_BYTES\x10\x02\x12\"\n\x1e\x45MBEDDING_FORMAT_FLOAT16_BYTES\x10\x03\x12\x1f\n\x1b\x45MBEDDING_FORMAT_INT8_BYTES\x10\x04\x12 \n\x1c\x45MBEDDING_FORMAT_UINT8_BYTES\x10\x05\x12!\n\x1d\x45MBEDDING_FORMAT_BINARY_BYTES\x10\x06\x12\"\n\x1e\x45MBEDDING_FORMAT_UBINARY_BYTES\x10\x07*z\n\x13TruncationDirection\x12$\n TRUNCATION_DIRECTION_UNSPECIFIED\x10\x00\x12\x1e\n\x1aTRUNCATION_DIRECTION_RIGHT\x10\x01\x12\x1d\n\x19TRUNCATION_DIRECTION_LEFT\x10\x02*]\n\tModelKind\x12\x1a\n\x16MODEL_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12MODEL_KIND_ENCODER\x10\x01\x12\x1c\n\x18MODEL_KIND_CROSS_ENCODER\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,9 +32,11 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'semserve.v1.common_pb2', _g
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_EMBEDDINGFORMAT']._serialized_start=330
-  _globals['_EMBEDDINGFORMAT']._serialized_end=486
-  _globals['_MODELKIND']._serialized_start=488
-  _globals['_MODELKIND']._serialized_end=581
+  _globals['_EMBEDDINGFORMAT']._serialized_end=624
+  _globals['_TRUNCATIONDIRECTION']._serialized_start=626
+  _globals['_TRUNCATIONDIRECTION']._serialized_end=748
+  _globals['_MODELKIND']._serialized_start=750
+  _globals['_MODELKIND']._serialized_end=843
   _globals['_TIMING']._serialized_start=42
   _globals['_TIMING']._serialized_end=244
   _globals['_ERROR']._serialized_start=246

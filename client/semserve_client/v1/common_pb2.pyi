@@ -13,6 +13,16 @@ class EmbeddingFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EMBEDDING_FORMAT_FLOAT_LIST: _ClassVar[EmbeddingFormat]
     EMBEDDING_FORMAT_FLOAT32_BYTES: _ClassVar[EmbeddingFormat]
     EMBEDDING_FORMAT_FLOAT16_BYTES: _ClassVar[EmbeddingFormat]
+    EMBEDDING_FORMAT_INT8_BYTES: _ClassVar[EmbeddingFormat]
+    EMBEDDING_FORMAT_UINT8_BYTES: _ClassVar[EmbeddingFormat]
+    EMBEDDING_FORMAT_BINARY_BYTES: _ClassVar[EmbeddingFormat]
+    EMBEDDING_FORMAT_UBINARY_BYTES: _ClassVar[EmbeddingFormat]
+
+class TruncationDirection(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TRUNCATION_DIRECTION_UNSPECIFIED: _ClassVar[TruncationDirection]
+    TRUNCATION_DIRECTION_RIGHT: _ClassVar[TruncationDirection]
+    TRUNCATION_DIRECTION_LEFT: _ClassVar[TruncationDirection]
 
 class ModelKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -23,6 +33,13 @@ EMBEDDING_FORMAT_UNSPECIFIED: EmbeddingFormat
 EMBEDDING_FORMAT_FLOAT_LIST: EmbeddingFormat
 EMBEDDING_FORMAT_FLOAT32_BYTES: EmbeddingFormat
 EMBEDDING_FORMAT_FLOAT16_BYTES: EmbeddingFormat
+EMBEDDING_FORMAT_INT8_BYTES: EmbeddingFormat
+EMBEDDING_FORMAT_UINT8_BYTES: EmbeddingFormat
+EMBEDDING_FORMAT_BINARY_BYTES: EmbeddingFormat
+EMBEDDING_FORMAT_UBINARY_BYTES: EmbeddingFormat
+TRUNCATION_DIRECTION_UNSPECIFIED: TruncationDirection
+TRUNCATION_DIRECTION_RIGHT: TruncationDirection
+TRUNCATION_DIRECTION_LEFT: TruncationDirection
 MODEL_KIND_UNSPECIFIED: ModelKind
 MODEL_KIND_ENCODER: ModelKind
 MODEL_KIND_CROSS_ENCODER: ModelKind

@@ -8,18 +8,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class EmbedRequest(_message.Message):
-    __slots__ = ("model", "texts", "normalize", "truncate", "format")
+    __slots__ = ("model", "texts", "normalize", "truncate", "format", "dimensions", "truncation_direction")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TEXTS_FIELD_NUMBER: _ClassVar[int]
     NORMALIZE_FIELD_NUMBER: _ClassVar[int]
     TRUNCATE_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
+    DIMENSIONS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATION_DIRECTION_FIELD_NUMBER: _ClassVar[int]
     model: str
     texts: _containers.RepeatedScalarFieldContainer[str]
     normalize: bool
     truncate: bool
     format: _common_pb2.EmbeddingFormat
-    def __init__(self, model: _Optional[str] = ..., texts: _Optional[_Iterable[str]] = ..., normalize: _Optional[bool] = ..., truncate: _Optional[bool] = ..., format: _Optional[_Union[_common_pb2.EmbeddingFormat, str]] = ...) -> None: ...
+    dimensions: int
+    truncation_direction: _common_pb2.TruncationDirection
+    def __init__(self, model: _Optional[str] = ..., texts: _Optional[_Iterable[str]] = ..., normalize: _Optional[bool] = ..., truncate: _Optional[bool] = ..., format: _Optional[_Union[_common_pb2.EmbeddingFormat, str]] = ..., dimensions: _Optional[int] = ..., truncation_direction: _Optional[_Union[_common_pb2.TruncationDirection, str]] = ...) -> None: ...
 
 class EmbedResponse(_message.Message):
     __slots__ = ("model", "dimension", "format", "embeddings", "token_counts", "truncated_indexes", "timing")

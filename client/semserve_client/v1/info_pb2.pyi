@@ -44,7 +44,7 @@ class BatchingInfo(_message.Message):
     def __init__(self, policy: _Optional[str] = ..., max_batch_tokens: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., measured_tokens_per_second: _Optional[float] = ..., calibration_seconds: _Optional[float] = ..., from_cache: _Optional[bool] = ..., cuda_graph_batch_sizes: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "kind", "dimension", "max_tokens", "devices", "dtype", "path", "is_default", "pooling", "stats", "batching")
+    __slots__ = ("name", "kind", "dimension", "max_tokens", "devices", "dtype", "path", "is_default", "pooling", "stats", "batching", "quantization")
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
@@ -56,6 +56,7 @@ class ModelInfo(_message.Message):
     POOLING_FIELD_NUMBER: _ClassVar[int]
     STATS_FIELD_NUMBER: _ClassVar[int]
     BATCHING_FIELD_NUMBER: _ClassVar[int]
+    QUANTIZATION_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: _common_pb2.ModelKind
     dimension: int
@@ -67,7 +68,18 @@ class ModelInfo(_message.Message):
     pooling: str
     stats: ModelStats
     batching: BatchingInfo
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[_common_pb2.ModelKind, str]] = ..., dimension: _Optional[int] = ..., max_tokens: _Optional[int] = ..., devices: _Optional[_Iterable[str]] = ..., dtype: _Optional[str] = ..., path: _Optional[str] = ..., is_default: _Optional[bool] = ..., pooling: _Optional[str] = ..., stats: _Optional[_Union[ModelStats, _Mapping]] = ..., batching: _Optional[_Union[BatchingInfo, _Mapping]] = ...) -> None: ...
+    quantization: QuantizationInfo
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[_common_pb2.ModelKind, str]] = ..., dimension: _Optional[int] = ..., max_tokens: _Optional[int] = ..., devices: _Optional[_Iterable[str]] = ..., dtype: _Optional[str] = ..., path: _Optional[str] = ..., is_default: _Optional[bool] = ..., pooling: _Optional[str] = ..., stats: _Optional[_Union[ModelStats, _Mapping]] = ..., batching: _Optional[_Union[BatchingInfo, _Mapping]] = ..., quantization: _Optional[_Union[QuantizationInfo, _Mapping]] = ...) -> None: ...
+
+class QuantizationInfo(_message.Message):
+    __slots__ = ("source", "lower", "upper")
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    LOWER_FIELD_NUMBER: _ClassVar[int]
+    UPPER_FIELD_NUMBER: _ClassVar[int]
+    source: str
+    lower: _containers.RepeatedScalarFieldContainer[float]
+    upper: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, source: _Optional[str] = ..., lower: _Optional[_Iterable[float]] = ..., upper: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class Limits(_message.Message):
     __slots__ = ("max_texts_per_request", "max_documents_per_rerank", "max_queue_size", "max_queue_tokens", "max_receive_message_bytes", "max_send_message_bytes", "max_batch_tokens", "max_batch_size", "max_queue_delay_us", "max_top_k", "max_queries_per_search", "max_documents_per_upsert", "max_queue_time_ms", "max_dimension")

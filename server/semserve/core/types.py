@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from semserve.core.quantization import QuantizationRanges
+
 ENCODER = "encoder"
 CROSS_ENCODER = "cross_encoder"
 COSINE = "cosine"
@@ -178,6 +180,8 @@ class ModelDescriptor:
     is_default: bool
     counters: ModelCounters | None = None
     batching: BatchingInfo | None = None
+    # Encoders: the ranges of the int8/uint8 output formats (core/quantization.py).
+    quantization: QuantizationRanges | None = None
 
 
 @dataclass(slots=True)

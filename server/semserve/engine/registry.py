@@ -15,6 +15,7 @@ from typing import Any
 from semserve.config import BatchingConfig, ModelSpec
 from semserve.core.errors import AlreadyExists, ModelNotFound
 from semserve.core.models import find_model
+from semserve.core.quantization import RANGES_FILE, QuantizationRanges
 from semserve.core.types import CROSS_ENCODER, ENCODER, BatchingInfo, ModelCounters, ModelDescriptor, TokenizerSpec
 from semserve.engine.batching import DynamicBatcher
 from semserve.engine.runtime import calibration
@@ -50,6 +51,7 @@ class HostedModel:
     replicas: list[Any] = field(default_factory=list)
     load_id: int = 0
     batching: BatchingInfo | None = None
+    quantization: QuantizationRanges | None = None
     # Requests currently using this model; an unload waits for them so none is lost.
     active_requests: int = 0
     _idle: asyncio.Event | None = None
@@ -125,7 +127,15 @@ def load_model(
         replicas=replicas,
         load_id=load_id,
         batching=info,
+        quantization=quantization_ranges(spec, first.dimension) if spec.kind == ENCODER else None,
     )
+
+
+def quantization_ranges(spec: ModelSpec, dimension: int) -> QuantizationRanges:
+    try:
+        return QuantizationRanges.for_model(Path(spec.path), dimension)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModelLoadError(f"model {spec.name!r}: {RANGES_FILE} is not usable: {exc}") from None
 
 
 def choose_batching(
@@ -199,6 +209,7 @@ def describe(model: HostedModel, is_default: bool, with_counters: bool = False) 
         name=model.name, kind=model.kind, load_id=model.load_id, dimension=model.dimension,
         max_tokens=model.max_tokens, devices=list(model.devices), dtype=model.dtype, path=str(model.path),
         pooling=model.pooling, is_default=is_default, counters=counters, batching=model.batching,
+        quantization=model.quantization,
     )
 
 

@@ -1,17 +1,24 @@
-"""Embeddings on the wire: repeated floats, or packed little-endian float32/float16 bytes,
-which serialise far faster and are half or a quarter of the size."""
+"""Embeddings on the wire: repeated floats; packed little-endian float32/float16 bytes, which
+serialise far faster and are half or a quarter of the size; or compact int8/uint8 bytes and
+packed bits (core/quantization.py), a quarter and a thirty-second of float32."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from semserve.core.quantization import QuantizationRanges, to_bits, to_int
 from semserve.frontend.errors import invalid_argument
 from semserve_client.v1 import common_pb2
 
 FLOAT_LIST = common_pb2.EMBEDDING_FORMAT_FLOAT_LIST
 FLOAT32_BYTES = common_pb2.EMBEDDING_FORMAT_FLOAT32_BYTES
 FLOAT16_BYTES = common_pb2.EMBEDDING_FORMAT_FLOAT16_BYTES
-_KNOWN = {common_pb2.EMBEDDING_FORMAT_UNSPECIFIED, FLOAT_LIST, FLOAT32_BYTES, FLOAT16_BYTES}
+INT8_BYTES = common_pb2.EMBEDDING_FORMAT_INT8_BYTES
+UINT8_BYTES = common_pb2.EMBEDDING_FORMAT_UINT8_BYTES
+BINARY_BYTES = common_pb2.EMBEDDING_FORMAT_BINARY_BYTES
+UBINARY_BYTES = common_pb2.EMBEDDING_FORMAT_UBINARY_BYTES
+_KNOWN = {common_pb2.EMBEDDING_FORMAT_UNSPECIFIED, FLOAT_LIST, FLOAT32_BYTES, FLOAT16_BYTES, INT8_BYTES,
+          UINT8_BYTES, BINARY_BYTES, UBINARY_BYTES}
 
 
 def checked_format(value: int) -> int:
@@ -22,12 +29,22 @@ def checked_format(value: int) -> int:
     return FLOAT_LIST if value == common_pb2.EMBEDDING_FORMAT_UNSPECIFIED else value
 
 
-_BYTE_DTYPES = {FLOAT32_BYTES: "<f4", FLOAT16_BYTES: "<f2"}
+_FLOAT_DTYPES = {FLOAT32_BYTES: "<f4", FLOAT16_BYTES: "<f2"}
 
 
-def to_messages(matrix: np.ndarray, fmt: int) -> list[common_pb2.Embedding]:
-    dtype = _BYTE_DTYPES.get(fmt)
-    if dtype is not None:
-        rows = np.ascontiguousarray(matrix, dtype=dtype)
+def encode_rows(matrix: np.ndarray, fmt: int, ranges: QuantizationRanges | None = None) -> np.ndarray | None:
+    """The matrix in a byte format's element type (one row per embedding); None for FLOAT_LIST."""
+    if fmt in _FLOAT_DTYPES:
+        return np.ascontiguousarray(matrix, dtype=_FLOAT_DTYPES[fmt])
+    if fmt in (INT8_BYTES, UINT8_BYTES):
+        return to_int(matrix, ranges or QuantizationRanges.fixed(matrix.shape[1]), signed=fmt == INT8_BYTES)
+    if fmt in (BINARY_BYTES, UBINARY_BYTES):
+        return to_bits(matrix, signed=fmt == BINARY_BYTES)
+    return None
+
+
+def to_messages(matrix: np.ndarray, fmt: int, ranges: QuantizationRanges | None = None) -> list[common_pb2.Embedding]:
+    rows = encode_rows(matrix, fmt, ranges)
+    if rows is not None:
         return [common_pb2.Embedding(data=row.tobytes()) for row in rows]
     return [common_pb2.Embedding(values=row) for row in matrix.tolist()]

@@ -13,7 +13,10 @@ from semserve.frontend.errors import invalid_argument, unary_rpc
 from semserve.frontend.inference import Inference, deadline_of
 from semserve.frontend.streaming import answer_by_id
 from semserve.frontend.timing import timing_proto
-from semserve_client.v1 import encoder_pb2, encoder_pb2_grpc
+from semserve_client.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc
+
+_DIRECTIONS = {common_pb2.TRUNCATION_DIRECTION_UNSPECIFIED, common_pb2.TRUNCATION_DIRECTION_RIGHT,
+               common_pb2.TRUNCATION_DIRECTION_LEFT}
 
 
 def flag(message, field: str, default: bool) -> bool:
@@ -40,14 +43,19 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
         started = time.monotonic()
         texts = check_texts(request.texts, self._limits.max_texts_per_request)
         fmt = codec.checked_format(request.format)
+        if request.truncation_direction not in _DIRECTIONS:
+            raise invalid_argument(f"unknown truncation_direction {request.truncation_direction}; use "
+                                   "TRUNCATION_DIRECTION_RIGHT or TRUNCATION_DIRECTION_LEFT")
         out = await self._inference.embed(
-            request.model, texts, flag(request, "truncate", True), flag(request, "normalize", True), deadline
+            request.model, texts, flag(request, "truncate", True), flag(request, "normalize", True), deadline,
+            dimensions=request.dimensions if request.HasField("dimensions") else None,
+            truncate_left=request.truncation_direction == common_pb2.TRUNCATION_DIRECTION_LEFT,
         )
         return encoder_pb2.EmbedResponse(
             model=out.model.name,
             dimension=out.values.shape[1],
             format=fmt,
-            embeddings=codec.to_messages(out.values, fmt),
+            embeddings=codec.to_messages(out.values, fmt, out.model.quantization),
             token_counts=out.tokenized.lengths,
             truncated_indexes=out.tokenized.truncated,
             timing=timing_proto(out.timing, time.monotonic() - started),

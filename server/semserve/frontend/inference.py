@@ -59,14 +59,16 @@ class Inference:
         self._tracing = tracing or Tracing()
 
     async def tokenize(
-        self, model: ModelDescriptor, tokenizer: TextTokenizer, inputs: Sequence[TextInput], truncate: bool, what: str
+        self, model: ModelDescriptor, tokenizer: TextTokenizer, inputs: Sequence[TextInput], truncate: bool, what: str,
+        truncate_left: bool = False,
     ) -> tuple[Tokenized, float]:
         started = time.monotonic()
         if _chars(inputs) <= INLINE_TOKENIZE_CHARS:
             # A thread hop costs more than tokenizing a few short texts on the loop itself.
-            tokenized = tokenizer.encode(inputs, truncate)
+            tokenized = tokenizer.encode(inputs, truncate, truncate_left)
         else:
-            tokenized = await asyncio.get_running_loop().run_in_executor(self._pool, tokenizer.encode, inputs, truncate)
+            tokenized = await asyncio.get_running_loop().run_in_executor(
+                self._pool, tokenizer.encode, inputs, truncate, truncate_left)
         if not truncate:
             lengths = tokenized.batch.lengths
             over = np.flatnonzero(lengths > model.max_tokens).tolist()
@@ -83,18 +85,24 @@ class Inference:
         return tokenized, seconds
 
     async def embed(
-        self, model_name: str, texts: Sequence[str], truncate: bool, normalize: bool, deadline: float | None
+        self, model_name: str, texts: Sequence[str], truncate: bool, normalize: bool, deadline: float | None,
+        dimensions: int | None = None, truncate_left: bool = False,
     ) -> Outcome:
-        """Embeddings as a float32 matrix, normalised per request when asked."""
+        """Embeddings as a float32 matrix: the first ``dimensions`` of each (all when None), then
+        normalised when asked."""
         model, tokenizer = await self.models.get(model_name, ENCODER)
+        if dimensions is not None and not 1 <= dimensions <= model.dimension:
+            raise invalid_argument(
+                f"dimensions must be in 1..{model.dimension} (model {model.name!r}'s dimension), got {dimensions}")
         with self._tracing.span("tokenize", **{"semserve.model": model.name, "semserve.inputs": len(texts)}):
-            tokenized, tokenization_s = await self.tokenize(model, tokenizer, texts, truncate, "text")
+            tokenized, tokenization_s = await self.tokenize(model, tokenizer, texts, truncate, "text", truncate_left)
         with self._tracing.span("engine", **{"semserve.model": model.name}) as span:
             started = now_ns()
             result = await self.core.encode(model.name, tokenized.batch, deadline)
             self._tracing.engine_phases(span, started, result.timing)
         result.timing.tokenization_s += tokenization_s
-        vectors = l2_normalize(result.vectors) if normalize else result.vectors
+        vectors = result.vectors if dimensions is None else result.vectors[:, :dimensions]
+        vectors = l2_normalize(vectors) if normalize else vectors
         return Outcome(model, vectors, tokenized, result.timing)
 
     async def score(

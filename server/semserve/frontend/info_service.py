@@ -28,6 +28,9 @@ def model_info(model: ModelDescriptor, with_path: bool = True) -> info_pb2.Model
         is_default=model.is_default,
         pooling=model.pooling,
     )
+    q = model.quantization
+    if q is not None:
+        info.quantization.CopyFrom(info_pb2.QuantizationInfo(source=q.source, lower=q.lower, upper=q.upper))
     b = model.batching
     if b is not None:
         info.batching.CopyFrom(info_pb2.BatchingInfo(

@@ -39,6 +39,10 @@ class TextTokenizer:
         self._truncating = Tokenizer.from_str(spec.tokenizer_json)
         self._truncating.no_padding()
         self._truncating.enable_truncation(spec.max_tokens, strategy="longest_first")
+        # Cuts the start instead (TRUNCATION_DIRECTION_LEFT): a copy, as settings are per tokenizer.
+        self._truncating_left = Tokenizer.from_str(spec.tokenizer_json)
+        self._truncating_left.no_padding()
+        self._truncating_left.enable_truncation(spec.max_tokens, strategy="longest_first", direction="left")
         self._full = Tokenizer.from_str(spec.tokenizer_json)
         self._full.no_padding()
         self._full.no_truncation()
@@ -48,10 +52,14 @@ class TextTokenizer:
             return list(inputs)
         return [tuple(p.lower() for p in x) if isinstance(x, tuple) else x.lower() for x in inputs]
 
-    def encode(self, inputs: Sequence[TextInput], truncate: bool) -> Tokenized:
+    def encode(self, inputs: Sequence[TextInput], truncate: bool, truncate_left: bool = False) -> Tokenized:
         """Token ids of every input as one flat batch; with truncate=False over-long inputs are
-        returned whole (the caller refuses them, naming their index)."""
-        backend = self._truncating if truncate else self._full
+        returned whole (the caller refuses them, naming their index); ``truncate_left`` keeps
+        the end of an over-long input instead of its start."""
+        if not truncate:
+            backend = self._full
+        else:
+            backend = self._truncating_left if truncate_left else self._truncating
         prepared = self._prepare(inputs)
         if len(prepared) == 1:  # skips the batch path's thread-pool fan-out for a lone text
             single = prepared[0]

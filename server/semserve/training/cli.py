@@ -78,6 +78,45 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
                    help="print a row per pair when the file has at most N pairs")
 
 
+def add_model_tool_subcommands(subparsers: argparse._SubParsersAction) -> None:
+    q = subparsers.add_parser(
+        "quantization-ranges", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="measure an encoder's int8/uint8 output ranges on sample texts (semserve_quantization.json)")
+    q.add_argument("--model", required=True, metavar="DIR", help="encoder folder")
+    q.add_argument("--texts", required=True, metavar="FILE",
+                   help="UTF-8 text file, one text per line: a few thousand like those the server will embed")
+    q.add_argument("--out", default=None, metavar="FILE", help="default: semserve_quantization.json in the model folder")
+    q.add_argument("--batch-size", type=int, default=64)
+    _add_model_options(q)
+
+
+def _quantization_ranges(args: argparse.Namespace) -> int:
+    """Each dimension's min and max over the texts' unit embeddings, as sentence-transformers
+    calibrates int8; the server reads the file at load (core/quantization.py)."""
+    import json
+
+    import numpy as np
+
+    from semserve.core.quantization import RANGES_FILE, QuantizationRanges
+    from semserve.models.encoder import load_encoder
+
+    texts = [line.strip() for line in Path(args.texts).read_text(encoding="utf-8").splitlines() if line.strip()]
+    if len(texts) < 2:
+        raise ValueError(f"{args.texts}: at least two non-empty lines are needed")
+    encoder = load_encoder(args.model, device=_device(args.device), max_tokens=args.max_tokens)
+    from semserve.training.embedding import embed
+
+    embeddings = embed(encoder, texts, batch_size=args.batch_size).numpy()
+    ranges = QuantizationRanges.measure(embeddings)
+    lower, upper = np.asarray(ranges["lower"]), np.asarray(ranges["upper"])
+    flat = upper <= lower  # a dimension constant over the texts: give it a step's width
+    upper[flat] = lower[flat] + 1e-6
+    out = Path(args.out) if args.out else Path(args.model) / RANGES_FILE
+    out.write_text(json.dumps({"lower": lower.tolist(), "upper": upper.tolist(), "texts": len(texts)}))
+    print(f"wrote {out}: int8/uint8 ranges of {embeddings.shape[1]} dimensions from {len(texts)} texts")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Run a training command; returns the process exit code (2 for bad input of any kind)."""
     from semserve.config import ConfigError
@@ -90,6 +129,8 @@ def run(args: argparse.Namespace) -> int:
             return _finetune(args)
         if args.command == "evaluate-pairs":
             return _evaluate(args)
+        if args.command == "quantization-ranges":
+            return _quantization_ranges(args)
     except PairFileError as exc:
         print(f"semserve {args.command}: {exc.describe(args.max_errors) if exc.bad_rows else exc}", file=sys.stderr)
         return EXIT_USAGE
