@@ -14,6 +14,7 @@ commands:
   embed TEXT...             [--model NAME] [--no-normalize] [--no-truncate]
                             [--format list|float32|float16|int8|uint8|binary|ubinary]
                             [--dimensions N] [--truncation-direction left|right]
+                            [--prompt-name NAME | --prompt TEXT]
   rerank QUERY DOC...       [--model NAME] [--top-n N] [--return-documents]
                             [--raw-scores] [--no-truncate]
   search COLLECTION QUERY...  [--top-k N] [--rerank] [--rerank-model NAME]
@@ -28,7 +29,7 @@ before arguments that start with a dash.`;
 // Flags that take a value; every other --flag is a switch.
 const VALUE_FLAGS = new Set([
   'target', 'deadline-ms', 'model', 'format', 'top-n', 'top-k', 'rerank-model', 'rerank-top-n',
-  'api-key', 'ca-cert', 'client-cert', 'client-key', 'dimensions', 'truncation-direction',
+  'api-key', 'ca-cert', 'client-cert', 'client-key', 'dimensions', 'truncation-direction', 'prompt-name', 'prompt',
 ]);
 const SWITCHES = new Set([
   'no-normalize', 'no-truncate', 'return-documents', 'raw-scores', 'rerank',
@@ -93,6 +94,8 @@ const COMMANDS = {
       normalize: flags['no-normalize'] ? false : undefined,
       dimensions: flags.dimensions !== undefined ? positiveInt(flags, 'dimensions') : undefined,
       truncationDirection: flags['truncation-direction'],
+      promptName: flags['prompt-name'],
+      prompt: flags.prompt,
     });
     return {
       model: reply.model,

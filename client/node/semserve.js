@@ -203,8 +203,11 @@ class SemserveClient {
     };
     setIfDefined(request, 'normalize', options.normalize);
     setIfDefined(request, 'truncate', options.truncate);
-    // options.dimensions: keep the first N; options.truncationDirection: 'right' or 'left'.
+    // options.dimensions: keep the first N; options.truncationDirection: 'right' or 'left';
+    // options.promptName (one of the model's prompts) or options.prompt (literal text).
     setIfDefined(request, 'dimensions', options.dimensions);
+    setIfDefined(request, 'prompt_name', options.promptName);
+    setIfDefined(request, 'prompt', options.prompt);
     if (options.truncationDirection !== undefined) {
       const direction = String(options.truncationDirection).toUpperCase();
       if (direction !== 'LEFT' && direction !== 'RIGHT') {

@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--dimensions", type=int, default=None, help="keep the first N dimensions (Matryoshka models)")
     e.add_argument("--truncation-direction", choices=("right", "left"), default="right",
                    help="left keeps the end of a text over the model's max tokens")
+    e.add_argument("--prompt-name", default=None, help="one of the model's prompts (GetInfo), prepended to each text")
+    e.add_argument("--prompt", default=None, help="a literal prompt prepended to each text, e.g. 'query: '")
 
     t = sub.add_parser("tokenize", help="show the tokens a model sees")
     t.add_argument("texts", nargs="+")
@@ -78,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     cc.add_argument("--model", default="", help="encoder for text (default: the server's default encoder)")
     cc.add_argument("--dimension", type=int, default=0, help="0 takes the model's")
     cc.add_argument("--metric", choices=["cosine", "dot"], default="cosine")
+    cc.add_argument("--document-prompt", default="", help="prepended to documents' text when embedded, e.g. 'passage: '")
+    cc.add_argument("--query-prompt", default="", help="prepended to text queries, e.g. 'query: '")
     csub.add_parser("list", help="every collection with its size")
     for action in ("info", "drop"):
         ca = csub.add_parser(action, help=f"{action} one collection")
@@ -131,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace, client: SemserveClient) -> object:
     if args.command == "embed":
         result = client.embed(args.texts, args.model, not args.no_normalize, not args.no_truncate, args.format,
-                              args.dimensions, args.truncation_direction)
+                              args.dimensions, args.truncation_direction, args.prompt_name, args.prompt)
         return {
             "model": result.response.model,
             "dimension": result.response.dimension,
@@ -179,7 +183,8 @@ def run_search(args: argparse.Namespace, client: SemserveClient) -> object:
     as_dict = lambda m: MessageToDict(m, preserving_proto_field_name=True)  # noqa: E731
     if args.command == "collections":
         if args.action == "create":
-            return as_dict(client.create_collection(args.name, args.model, args.dimension, args.metric))
+            return as_dict(client.create_collection(args.name, args.model, args.dimension, args.metric,
+                                                    args.document_prompt, args.query_prompt))
         if args.action == "list":
             return {"collections": [as_dict(c) for c in client.list_collections()]}
         if args.action == "info":

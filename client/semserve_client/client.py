@@ -61,19 +61,22 @@ class SemserveClient(_Stubs):
         self.close()
 
     def embed(self, texts: Sequence[str], model: str = "", normalize: bool = True, truncate: bool = True,
-              format: str = "float32", dimensions: int | None = None,
-              truncation_direction: str = "right") -> Embeddings:
+              format: str = "float32", dimensions: int | None = None, truncation_direction: str = "right",
+              prompt_name: str | None = None, prompt: str | None = None) -> Embeddings:
         """``format``: float32, float16, float_list, int8, uint8, binary or ubinary (vectors of that
         type; binary ones packed 8 dimensions a byte); ``dimensions``: keep the first N;
-        ``truncation_direction``: "left" keeps the end of an over-long text."""
-        request = embed_request(texts, model, normalize, truncate, format, dimensions, truncation_direction)
+        ``truncation_direction``: "left" keeps the end of an over-long text; ``prompt_name`` (one
+        of the model's prompts) or ``prompt`` (literal) is prepended to every text."""
+        request = embed_request(texts, model, normalize, truncate, format, dimensions, truncation_direction,
+                                prompt_name, prompt)
         response = self.encoder.Embed(request, timeout=self.timeout)
         return Embeddings(decode_embeddings(response), response)
 
-    def tokenize(self, texts: Sequence[str], model: str = "", truncate: bool = True) -> encoder_pb2.TokenizeResponse:
-        return self.encoder.Tokenize(
-            encoder_pb2.TokenizeRequest(model=model, texts=list(texts), truncate=truncate), timeout=self.timeout
-        )
+    def tokenize(self, texts: Sequence[str], model: str = "", truncate: bool = True, prompt_name: str | None = None,
+                 prompt: str | None = None) -> encoder_pb2.TokenizeResponse:
+        request = encoder_pb2.TokenizeRequest(model=model, texts=list(texts), truncate=truncate,
+                                              prompt_name=prompt_name, prompt=prompt)
+        return self.encoder.Tokenize(request, timeout=self.timeout)
 
     def similarity(self, source_text: str, texts: Sequence[str], model: str = "") -> list[float]:
         request = encoder_pb2.SimilarityRequest(model=model, source_text=source_text, texts=list(texts))
@@ -96,9 +99,11 @@ class SemserveClient(_Stubs):
 
     # -- search ------------------------------------------------------------------------------
 
-    def create_collection(self, name: str, model: str = "", dimension: int = 0,
-                          metric: str = "cosine") -> search_pb2.CollectionInfo:
-        request = sr.create_request(name, model, dimension, metric)
+    def create_collection(self, name: str, model: str = "", dimension: int = 0, metric: str = "cosine",
+                          document_prompt: str = "", query_prompt: str = "") -> search_pb2.CollectionInfo:
+        """``document_prompt``/``query_prompt`` are prepended to the text the collection embeds
+        (e.g. "passage: " and "query: " for E5 models)."""
+        request = sr.create_request(name, model, dimension, metric, document_prompt, query_prompt)
         return self.search.CreateCollection(request, timeout=self.timeout).collection
 
     def drop_collection(self, name: str) -> None:
@@ -160,9 +165,10 @@ class AsyncSemserveClient(_Stubs):
         await self.close()
 
     async def embed(self, texts: Sequence[str], model: str = "", normalize: bool = True, truncate: bool = True,
-                    format: str = "float32", dimensions: int | None = None,
-                    truncation_direction: str = "right") -> Embeddings:
-        request = embed_request(texts, model, normalize, truncate, format, dimensions, truncation_direction)
+                    format: str = "float32", dimensions: int | None = None, truncation_direction: str = "right",
+                    prompt_name: str | None = None, prompt: str | None = None) -> Embeddings:
+        request = embed_request(texts, model, normalize, truncate, format, dimensions, truncation_direction,
+                                prompt_name, prompt)
         response = await self.encoder.Embed(request, timeout=self.timeout)
         return Embeddings(decode_embeddings(response), response)
 
@@ -183,9 +189,9 @@ class AsyncSemserveClient(_Stubs):
     async def info(self) -> info_pb2.GetInfoResponse:
         return await self.info_stub.GetInfo(info_pb2.GetInfoRequest(), timeout=self.timeout)
 
-    async def create_collection(self, name: str, model: str = "", dimension: int = 0,
-                                metric: str = "cosine") -> search_pb2.CollectionInfo:
-        request = sr.create_request(name, model, dimension, metric)
+    async def create_collection(self, name: str, model: str = "", dimension: int = 0, metric: str = "cosine",
+                                document_prompt: str = "", query_prompt: str = "") -> search_pb2.CollectionInfo:
+        request = sr.create_request(name, model, dimension, metric, document_prompt, query_prompt)
         return (await self.search.CreateCollection(request, timeout=self.timeout)).collection
 
     async def drop_collection(self, name: str) -> None:

@@ -32,7 +32,8 @@ _TRUNCATION = {"right": common_pb2.TRUNCATION_DIRECTION_RIGHT, "left": common_pb
 
 def embed_request(
     texts: Sequence[str], model: str = "", normalize: bool = True, truncate: bool = True, format: str = "float32",
-    dimensions: int | None = None, truncation_direction: str = "right",
+    dimensions: int | None = None, truncation_direction: str = "right", prompt_name: str | None = None,
+    prompt: str | None = None,
 ) -> encoder_pb2.EmbedRequest:
     if format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}")
@@ -44,6 +45,10 @@ def embed_request(
     )
     if dimensions is not None:
         request.dimensions = dimensions
+    if prompt_name is not None:
+        request.prompt_name = prompt_name
+    if prompt is not None:
+        request.prompt = prompt
     return request
 
 

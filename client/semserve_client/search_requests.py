@@ -11,10 +11,12 @@ from semserve_client.v1 import search_pb2
 METRICS = {"cosine": search_pb2.METRIC_COSINE, "dot": search_pb2.METRIC_DOT}
 
 
-def create_request(name: str, model: str = "", dimension: int = 0, metric: str = "cosine"):
+def create_request(name: str, model: str = "", dimension: int = 0, metric: str = "cosine", document_prompt: str = "",
+                   query_prompt: str = ""):
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
-    return search_pb2.CreateCollectionRequest(name=name, model=model, dimension=dimension, metric=METRICS[metric])
+    return search_pb2.CreateCollectionRequest(name=name, model=model, dimension=dimension, metric=METRICS[metric],
+                                              document_prompt=document_prompt, query_prompt=query_prompt)
 
 
 def documents(

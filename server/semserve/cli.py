@@ -43,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
         "without any, the bundled all-MiniLM-L6-v2",
     )
     s.add_argument(
+        "--default-prompt-name", action="append", default=None, metavar="[MODEL=]PROMPT",
+        help="prompt (from the model folder's prompts) applied when a request names none, repeatable; "
+        "without MODEL=, the default encoder's (SEMSERVE_DEFAULT_PROMPT_NAMES, comma-separated)",
+    )
+    s.add_argument(
         "--reranker", action="append", default=None, metavar="[NAME=]DIR",
         help="cross-encoder folder, repeatable (SEMSERVE_RERANKERS)",
     )
@@ -165,6 +170,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         from semserve.models.bundled import default_encoder_path
 
         encoder_specs = [ModelSpec(name="all-MiniLM-L6-v2", path=default_encoder_path(), kind="encoder")]
+    prompts = args.default_prompt_name if args.default_prompt_name is not None else _env_list("DEFAULT_PROMPT_NAMES")
+    encoder_specs = with_default_prompts(encoder_specs, prompts)
     return ServerConfig(
         host=args.host,
         port=args.port,
@@ -200,6 +207,21 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         cuda_graphs=args.cuda_graphs,
         search=search_config_from_args(args),
     )
+
+
+def with_default_prompts(specs: list[ModelSpec], values: list[str]) -> list[ModelSpec]:
+    """Apply ``--default-prompt-name [MODEL=]PROMPT`` values to the encoder specs they name."""
+    import dataclasses
+
+    by_name = {spec.name: spec for spec in specs}
+    for value in values:
+        model, sep, prompt = value.partition("=")
+        if not sep:
+            model, prompt = specs[0].name, value
+        if model not in by_name:
+            raise ConfigError(f"--default-prompt-name {value!r}: no encoder named {model!r}")
+        by_name[model] = dataclasses.replace(by_name[model], default_prompt_name=prompt.strip())
+    return [by_name[spec.name] for spec in specs]
 
 
 def frontends_from_arg(value: str) -> int | None:

@@ -125,6 +125,8 @@ class ModelSpec:
     name: str
     path: Path
     kind: str  # "encoder" or "cross_encoder"
+    # Encoders: the prompt applied when a request names none (overrides the folder's own).
+    default_prompt_name: str | None = None
 
     @staticmethod
     def parse(value: str, kind: str) -> "ModelSpec":

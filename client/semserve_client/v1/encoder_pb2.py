@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from semserve_client.v1 import common_pb2 as semserve_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19semserve/v1/encoder.proto\x12\x0bsemserve.v1\x1a\x18semserve/v1/common.proto\"\x8c\x02\n\x0c\x45mbedRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05texts\x18\x02 \x03(\t\x12\x16\n\tnormalize\x18\x03 \x01(\x08H\x00\x88\x01\x01\x12\x15\n\x08truncate\x18\x04 \x01(\x08H\x01\x88\x01\x01\x12,\n\x06\x66ormat\x18\x05 \x01(\x0e\x32\x1c.semserve.v1.EmbeddingFormat\x12\x17\n\ndimensions\x18\x06 \x01(\rH\x02\x88\x01\x01\x12>\n\x14truncation_direction\x18\x07 \x01(\x0e\x32 .semserve.v1.TruncationDirectionB\x0c\n\n_normalizeB\x0b\n\t_truncateB\r\n\x0b_dimensions\"\xe1\x01\n\rEmbedResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x11\n\tdimension\x18\x02 \x01(\r\x12,\n\x06\x66ormat\x18\x03 \x01(\x0e\x32\x1c.semserve.v1.EmbeddingFormat\x12*\n\nembeddings\x18\x04 \x03(\x0b\x32\x16.semserve.v1.Embedding\x12\x14\n\x0ctoken_counts\x18\x05 \x03(\r\x12\x19\n\x11truncated_indexes\x18\x06 \x03(\r\x12#\n\x06timing\x18\x07 \x01(\x0b\x32\x13.semserve.v1.Timing\"L\n\x12\x45mbedStreamRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12*\n\x07request\x18\x02 \x01(\x0b\x32\x19.semserve.v1.EmbedRequest\"\x80\x01\n\x13\x45mbedStreamResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12.\n\x08response\x18\x02 \x01(\x0b\x32\x1a.semserve.v1.EmbedResponseH\x00\x12#\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.semserve.v1.ErrorH\x00\x42\x08\n\x06result\"S\n\x0fTokenizeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05texts\x18\x02 \x03(\t\x12\x15\n\x08truncate\x18\x03 \x01(\x08H\x00\x88\x01\x01\x42\x0b\n\t_truncate\"O\n\x05Token\x12\n\n\x02id\x18\x01 \x01(\r\x12\r\n\x05piece\x18\x02 \x01(\t\x12\r\n\x05start\x18\x03 \x01(\r\x12\x0b\n\x03\x65nd\x18\x04 \x01(\r\x12\x0f\n\x07special\x18\x05 \x01(\x08\"a\n\rTokenizedText\x12\"\n\x06tokens\x18\x01 \x03(\x0b\x32\x12.semserve.v1.Token\x12\x18\n\x10\x66ull_token_count\x18\x02 \x01(\r\x12\x12\n\nover_limit\x18\x03 \x01(\x08\"`\n\x10TokenizeResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\nmax_tokens\x18\x02 \x01(\r\x12)\n\x05texts\x18\x03 \x03(\x0b\x32\x1a.semserve.v1.TokenizedText\"j\n\x11SimilarityRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x13\n\x0bsource_text\x18\x02 \x01(\t\x12\r\n\x05texts\x18\x03 \x03(\t\x12\x15\n\x08truncate\x18\x04 \x01(\x08H\x00\x88\x01\x01\x42\x0b\n\t_truncate\"X\n\x12SimilarityResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06scores\x18\x02 \x03(\x02\x12#\n\x06timing\x18\x03 \x01(\x0b\x32\x13.semserve.v1.Timing2\xbe\x02\n\x0e\x45ncoderService\x12>\n\x05\x45mbed\x12\x19.semserve.v1.EmbedRequest\x1a\x1a.semserve.v1.EmbedResponse\x12T\n\x0b\x45mbedStream\x12\x1f.semserve.v1.EmbedStreamRequest\x1a .semserve.v1.EmbedStreamResponse(\x01\x30\x01\x12G\n\x08Tokenize\x12\x1c.semserve.v1.TokenizeRequest\x1a\x1d.semserve.v1.TokenizeResponse\x12M\n\nSimilarity\x12\x1e.semserve.v1.SimilarityRequest\x1a\x1f.semserve.v1.SimilarityResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19semserve/v1/encoder.proto\x12\x0bsemserve.v1\x1a\x18semserve/v1/common.proto\"\xd6\x02\n\x0c\x45mbedRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05texts\x18\x02 \x03(\t\x12\x16\n\tnormalize\x18\x03 \x01(\x08H\x00\x88\x01\x01\x12\x15\n\x08truncate\x18\x04 \x01(\x08H\x01\x88\x01\x01\x12,\n\x06\x66ormat\x18\x05 \x01(\x0e\x32\x1c.semserve.v1.EmbeddingFormat\x12\x17\n\ndimensions\x18\x06 \x01(\rH\x02\x88\x01\x01\x12>\n\x14truncation_direction\x18\x07 \x01(\x0e\x32 .semserve.v1.TruncationDirection\x12\x18\n\x0bprompt_name\x18\x08 \x01(\tH\x03\x88\x01\x01\x12\x13\n\x06prompt\x18\t \x01(\tH\x04\x88\x01\x01\x42\x0c\n\n_normalizeB\x0b\n\t_truncateB\r\n\x0b_dimensionsB\x0e\n\x0c_prompt_nameB\t\n\x07_prompt\"\xe1\x01\n\rEmbedResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x11\n\tdimension\x18\x02 \x01(\r\x12,\n\x06\x66ormat\x18\x03 \x01(\x0e\x32\x1c.semserve.v1.EmbeddingFormat\x12*\n\nembeddings\x18\x04 \x03(\x0b\x32\x16.semserve.v1.Embedding\x12\x14\n\x0ctoken_counts\x18\x05 \x03(\r\x12\x19\n\x11truncated_indexes\x18\x06 \x03(\r\x12#\n\x06timing\x18\x07 \x01(\x0b\x32\x13.semserve.v1.Timing\"L\n\x12\x45mbedStreamRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12*\n\x07request\x18\x02 \x01(\x0b\x32\x19.semserve.v1.EmbedRequest\"\x80\x01\n\x13\x45mbedStreamResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12.\n\x08response\x18\x02 \x01(\x0b\x32\x1a.semserve.v1.EmbedResponseH\x00\x12#\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.semserve.v1.ErrorH\x00\x42\x08\n\x06result\"\x9d\x01\n\x0fTokenizeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05texts\x18\x02 \x03(\t\x12\x15\n\x08truncate\x18\x03 \x01(\x08H\x00\x88\x01\x01\x12\x18\n\x0bprompt_name\x18\x04 \x01(\tH\x01\x88\x01\x01\x12\x13\n\x06prompt\x18\x05 \x01(\tH\x02\x88\x01\x01\x42\x0b\n\t_truncateB\x0e\n\x0c_prompt_nameB\t\n\x07_prompt\"O\n\x05Token\x12\n\n\x02id\x18\x01 \x01(\r\x12\r\n\x05piece\x18\x02 \x01(\t\x12\r\n\x05start\x18\x03 \x01(\r\x12\x0b\n\x03\x65nd\x18\x04 \x01(\r\x12\x0f\n\x07special\x18\x05 \x01(\x08\"a\n\rTokenizedText\x12\"\n\x06tokens\x18\x01 \x03(\x0b\x32\x12.semserve.v1.Token\x12\x18\n\x10\x66ull_token_count\x18\x02 \x01(\r\x12\x12\n\nover_limit\x18\x03 \x01(\x08\"`\n\x10TokenizeResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\nmax_tokens\x18\x02 \x01(\r\x12)\n\x05texts\x18\x03 \x03(\x0b\x32\x1a.semserve.v1.TokenizedText\"j\n\x11SimilarityRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x13\n\x0bsource_text\x18\x02 \x01(\t\x12\r\n\x05texts\x18\x03 \x03(\t\x12\x15\n\x08truncate\x18\x04 \x01(\x08H\x00\x88\x01\x01\x42\x0b\n\t_truncate\"X\n\x12SimilarityResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06scores\x18\x02 \x03(\x02\x12#\n\x06timing\x18\x03 \x01(\x0b\x32\x13.semserve.v1.Timing2\xbe\x02\n\x0e\x45ncoderService\x12>\n\x05\x45mbed\x12\x19.semserve.v1.EmbedRequest\x1a\x1a.semserve.v1.EmbedResponse\x12T\n\x0b\x45mbedStream\x12\x1f.semserve.v1.EmbedStreamRequest\x1a .semserve.v1.EmbedStreamResponse(\x01\x30\x01\x12G\n\x08Tokenize\x12\x1c.semserve.v1.TokenizeRequest\x1a\x1d.semserve.v1.TokenizeResponse\x12M\n\nSimilarity\x12\x1e.semserve.v1.SimilarityRequest\x1a\x1f.semserve.v1.SimilarityResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,25 +33,25 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'semserve.v1.encoder_pb2', _
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_EMBEDREQUEST']._serialized_start=69
-  _globals['_EMBEDREQUEST']._serialized_end=337
-  _globals['_EMBEDRESPONSE']._serialized_start=340
-  _globals['_EMBEDRESPONSE']._serialized_end=565
-  _globals['_EMBEDSTREAMREQUEST']._serialized_start=567
-  _globals['_EMBEDSTREAMREQUEST']._serialized_end=643
-  _globals['_EMBEDSTREAMRESPONSE']._serialized_start=646
-  _globals['_EMBEDSTREAMRESPONSE']._serialized_end=774
-  _globals['_TOKENIZEREQUEST']._serialized_start=776
-  _globals['_TOKENIZEREQUEST']._serialized_end=859
-  _globals['_TOKEN']._serialized_start=861
-  _globals['_TOKEN']._serialized_end=940
-  _globals['_TOKENIZEDTEXT']._serialized_start=942
-  _globals['_TOKENIZEDTEXT']._serialized_end=1039
-  _globals['_TOKENIZERESPONSE']._serialized_start=1041
-  _globals['_TOKENIZERESPONSE']._serialized_end=1137
-  _globals['_SIMILARITYREQUEST']._serialized_start=1139
-  _globals['_SIMILARITYREQUEST']._serialized_end=1245
-  _globals['_SIMILARITYRESPONSE']._serialized_start=1247
-  _globals['_SIMILARITYRESPONSE']._serialized_end=1335
-  _globals['_ENCODERSERVICE']._serialized_start=1338
-  _globals['_ENCODERSERVICE']._serialized_end=1656
+  _globals['_EMBEDREQUEST']._serialized_end=411
+  _globals['_EMBEDRESPONSE']._serialized_start=414
+  _globals['_EMBEDRESPONSE']._serialized_end=639
+  _globals['_EMBEDSTREAMREQUEST']._serialized_start=641
+  _globals['_EMBEDSTREAMREQUEST']._serialized_end=717
+  _globals['_EMBEDSTREAMRESPONSE']._serialized_start=720
+  _globals['_EMBEDSTREAMRESPONSE']._serialized_end=848
+  _globals['_TOKENIZEREQUEST']._serialized_start=851
+  _globals['_TOKENIZEREQUEST']._serialized_end=1008
+  _globals['_TOKEN']._serialized_start=1010
+  _globals['_TOKEN']._serialized_end=1089
+  _globals['_TOKENIZEDTEXT']._serialized_start=1091
+  _globals['_TOKENIZEDTEXT']._serialized_end=1188
+  _globals['_TOKENIZERESPONSE']._serialized_start=1190
+  _globals['_TOKENIZERESPONSE']._serialized_end=1286
+  _globals['_SIMILARITYREQUEST']._serialized_start=1288
+  _globals['_SIMILARITYREQUEST']._serialized_end=1394
+  _globals['_SIMILARITYRESPONSE']._serialized_start=1396
+  _globals['_SIMILARITYRESPONSE']._serialized_end=1484
+  _globals['_ENCODERSERVICE']._serialized_start=1487
+  _globals['_ENCODERSERVICE']._serialized_end=1805
 # @@protoc_insertion_point(module_scope)

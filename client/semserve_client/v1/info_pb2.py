@@ -25,39 +25,43 @@ _sym_db = _symbol_database.Default()
 from semserve_client.v1 import common_pb2 as semserve_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16semserve/v1/info.proto\x12\x0bsemserve.v1\x1a\x18semserve/v1/common.proto\"\x9d\x01\n\nModelStats\x12\x0f\n\x07\x62\x61tches\x18\x01 \x01(\x04\x12\r\n\x05items\x18\x02 \x01(\x04\x12\x0e\n\x06tokens\x18\x03 \x01(\x04\x12\x15\n\rpadded_tokens\x18\x04 \x01(\x04\x12\x14\n\x0cqueued_items\x18\x05 \x01(\x04\x12\x19\n\x11rejected_requests\x18\x06 \x01(\x04\x12\x17\n\x0f\x61\x63tive_requests\x18\x07 \x01(\x04\"\xc5\x01\n\x0c\x42\x61tchingInfo\x12\x0e\n\x06policy\x18\x01 \x01(\t\x12\x18\n\x10max_batch_tokens\x18\x02 \x01(\r\x12\x16\n\x0emax_batch_size\x18\x03 \x01(\r\x12\"\n\x1ameasured_tokens_per_second\x18\x04 \x01(\x01\x12\x1b\n\x13\x63\x61libration_seconds\x18\x05 \x01(\x01\x12\x12\n\nfrom_cache\x18\x06 \x01(\x08\x12\x1e\n\x16\x63uda_graph_batch_sizes\x18\x07 \x03(\r\"\xc3\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12$\n\x04kind\x18\x02 \x01(\x0e\x32\x16.semserve.v1.ModelKind\x12\x11\n\tdimension\x18\x03 \x01(\r\x12\x12\n\nmax_tokens\x18\x04 \x01(\r\x12\x0f\n\x07\x64\x65vices\x18\x05 \x03(\t\x12\r\n\x05\x64type\x18\x06 \x01(\t\x12\x0c\n\x04path\x18\x07 \x01(\t\x12\x12\n\nis_default\x18\x08 \x01(\x08\x12\x0f\n\x07pooling\x18\t \x01(\t\x12&\n\x05stats\x18\n \x01(\x0b\x32\x17.semserve.v1.ModelStats\x12+\n\x08\x62\x61tching\x18\x0b \x01(\x0b\x32\x19.semserve.v1.BatchingInfo\x12\x33\n\x0cquantization\x18\x0c \x01(\x0b\x32\x1d.semserve.v1.QuantizationInfo\"@\n\x10QuantizationInfo\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\r\n\x05lower\x18\x02 \x03(\x02\x12\r\n\x05upper\x18\x03 \x03(\x02\"\x93\x03\n\x06Limits\x12\x1d\n\x15max_texts_per_request\x18\x01 \x01(\r\x12 \n\x18max_documents_per_rerank\x18\x02 \x01(\r\x12\x16\n\x0emax_queue_size\x18\x03 \x01(\r\x12\x18\n\x10max_queue_tokens\x18\x04 \x01(\x04\x12!\n\x19max_receive_message_bytes\x18\x05 \x01(\r\x12\x1e\n\x16max_send_message_bytes\x18\x06 \x01(\r\x12\x18\n\x10max_batch_tokens\x18\x07 \x01(\r\x12\x16\n\x0emax_batch_size\x18\x08 \x01(\r\x12\x1a\n\x12max_queue_delay_us\x18\t \x01(\r\x12\x11\n\tmax_top_k\x18\n \x01(\r\x12\x1e\n\x16max_queries_per_search\x18\x0b \x01(\r\x12 \n\x18max_documents_per_upsert\x18\x0c \x01(\r\x12\x19\n\x11max_queue_time_ms\x18\r \x01(\r\x12\x15\n\rmax_dimension\x18\x0e \x01(\r\"\x10\n\x0eGetInfoRequest\"<\n\x0c\x46rontendInfo\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0b\n\x03pid\x18\x02 \x01(\r\x12\x10\n\x08requests\x18\x03 \x01(\x04\"\x9d\x01\n\x0fGetInfoResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12&\n\x06models\x18\x02 \x03(\x0b\x32\x16.semserve.v1.ModelInfo\x12#\n\x06limits\x18\x03 \x01(\x0b\x32\x13.semserve.v1.Limits\x12,\n\tfrontends\x18\x04 \x03(\x0b\x32\x19.semserve.v1.FrontendInfo\"T\n\x10LoadModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12$\n\x04kind\x18\x03 \x01(\x0e\x32\x16.semserve.v1.ModelKind\":\n\x11LoadModelResponse\x12%\n\x05model\x18\x01 \x01(\x0b\x32\x16.semserve.v1.ModelInfo\"\"\n\x12UnloadModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x15\n\x13UnloadModelResponse2S\n\x0bInfoService\x12\x44\n\x07GetInfo\x12\x1b.semserve.v1.GetInfoRequest\x1a\x1c.semserve.v1.GetInfoResponse2\xac\x01\n\x0c\x41\x64minService\x12J\n\tLoadModel\x12\x1d.semserve.v1.LoadModelRequest\x1a\x1e.semserve.v1.LoadModelResponse\x12P\n\x0bUnloadModel\x12\x1f.semserve.v1.UnloadModelRequest\x1a .semserve.v1.UnloadModelResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16semserve/v1/info.proto\x12\x0bsemserve.v1\x1a\x18semserve/v1/common.proto\"\x9d\x01\n\nModelStats\x12\x0f\n\x07\x62\x61tches\x18\x01 \x01(\x04\x12\r\n\x05items\x18\x02 \x01(\x04\x12\x0e\n\x06tokens\x18\x03 \x01(\x04\x12\x15\n\rpadded_tokens\x18\x04 \x01(\x04\x12\x14\n\x0cqueued_items\x18\x05 \x01(\x04\x12\x19\n\x11rejected_requests\x18\x06 \x01(\x04\x12\x17\n\x0f\x61\x63tive_requests\x18\x07 \x01(\x04\"\xc5\x01\n\x0c\x42\x61tchingInfo\x12\x0e\n\x06policy\x18\x01 \x01(\t\x12\x18\n\x10max_batch_tokens\x18\x02 \x01(\r\x12\x16\n\x0emax_batch_size\x18\x03 \x01(\r\x12\"\n\x1ameasured_tokens_per_second\x18\x04 \x01(\x01\x12\x1b\n\x13\x63\x61libration_seconds\x18\x05 \x01(\x01\x12\x12\n\nfrom_cache\x18\x06 \x01(\x08\x12\x1e\n\x16\x63uda_graph_batch_sizes\x18\x07 \x03(\r\"\xc6\x03\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12$\n\x04kind\x18\x02 \x01(\x0e\x32\x16.semserve.v1.ModelKind\x12\x11\n\tdimension\x18\x03 \x01(\r\x12\x12\n\nmax_tokens\x18\x04 \x01(\r\x12\x0f\n\x07\x64\x65vices\x18\x05 \x03(\t\x12\r\n\x05\x64type\x18\x06 \x01(\t\x12\x0c\n\x04path\x18\x07 \x01(\t\x12\x12\n\nis_default\x18\x08 \x01(\x08\x12\x0f\n\x07pooling\x18\t \x01(\t\x12&\n\x05stats\x18\n \x01(\x0b\x32\x17.semserve.v1.ModelStats\x12+\n\x08\x62\x61tching\x18\x0b \x01(\x0b\x32\x19.semserve.v1.BatchingInfo\x12\x33\n\x0cquantization\x18\x0c \x01(\x0b\x32\x1d.semserve.v1.QuantizationInfo\x12\x34\n\x07prompts\x18\r \x03(\x0b\x32#.semserve.v1.ModelInfo.PromptsEntry\x12\x1b\n\x13\x64\x65\x66\x61ult_prompt_name\x18\x0e \x01(\t\x1a.\n\x0cPromptsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"@\n\x10QuantizationInfo\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\r\n\x05lower\x18\x02 \x03(\x02\x12\r\n\x05upper\x18\x03 \x03(\x02\"\x93\x03\n\x06Limits\x12\x1d\n\x15max_texts_per_request\x18\x01 \x01(\r\x12 \n\x18max_documents_per_rerank\x18\x02 \x01(\r\x12\x16\n\x0emax_queue_size\x18\x03 \x01(\r\x12\x18\n\x10max_queue_tokens\x18\x04 \x01(\x04\x12!\n\x19max_receive_message_bytes\x18\x05 \x01(\r\x12\x1e\n\x16max_send_message_bytes\x18\x06 \x01(\r\x12\x18\n\x10max_batch_tokens\x18\x07 \x01(\r\x12\x16\n\x0emax_batch_size\x18\x08 \x01(\r\x12\x1a\n\x12max_queue_delay_us\x18\t \x01(\r\x12\x11\n\tmax_top_k\x18\n \x01(\r\x12\x1e\n\x16max_queries_per_search\x18\x0b \x01(\r\x12 \n\x18max_documents_per_upsert\x18\x0c \x01(\r\x12\x19\n\x11max_queue_time_ms\x18\r \x01(\r\x12\x15\n\rmax_dimension\x18\x0e \x01(\r\"\x10\n\x0eGetInfoRequest\"<\n\x0c\x46rontendInfo\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0b\n\x03pid\x18\x02 \x01(\r\x12\x10\n\x08requests\x18\x03 \x01(\x04\"\x9d\x01\n\x0fGetInfoResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12&\n\x06models\x18\x02 \x03(\x0b\x32\x16.semserve.v1.ModelInfo\x12#\n\x06limits\x18\x03 \x01(\x0b\x32\x13.semserve.v1.Limits\x12,\n\tfrontends\x18\x04 \x03(\x0b\x32\x19.semserve.v1.FrontendInfo\"T\n\x10LoadModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12$\n\x04kind\x18\x03 \x01(\x0e\x32\x16.semserve.v1.ModelKind\":\n\x11LoadModelResponse\x12%\n\x05model\x18\x01 \x01(\x0b\x32\x16.semserve.v1.ModelInfo\"\"\n\x12UnloadModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x15\n\x13UnloadModelResponse2S\n\x0bInfoService\x12\x44\n\x07GetInfo\x12\x1b.semserve.v1.GetInfoRequest\x1a\x1c.semserve.v1.GetInfoResponse2\xac\x01\n\x0c\x41\x64minService\x12J\n\tLoadModel\x12\x1d.semserve.v1.LoadModelRequest\x1a\x1e.semserve.v1.LoadModelResponse\x12P\n\x0bUnloadModel\x12\x1f.semserve.v1.UnloadModelRequest\x1a .semserve.v1.UnloadModelResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'semserve.v1.info_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_MODELINFO_PROMPTSENTRY']._loaded_options = None
+  _globals['_MODELINFO_PROMPTSENTRY']._serialized_options = b'8\001'
   _globals['_MODELSTATS']._serialized_start=66
   _globals['_MODELSTATS']._serialized_end=223
   _globals['_BATCHINGINFO']._serialized_start=226
   _globals['_BATCHINGINFO']._serialized_end=423
   _globals['_MODELINFO']._serialized_start=426
-  _globals['_MODELINFO']._serialized_end=749
-  _globals['_QUANTIZATIONINFO']._serialized_start=751
-  _globals['_QUANTIZATIONINFO']._serialized_end=815
-  _globals['_LIMITS']._serialized_start=818
-  _globals['_LIMITS']._serialized_end=1221
-  _globals['_GETINFOREQUEST']._serialized_start=1223
-  _globals['_GETINFOREQUEST']._serialized_end=1239
-  _globals['_FRONTENDINFO']._serialized_start=1241
-  _globals['_FRONTENDINFO']._serialized_end=1301
-  _globals['_GETINFORESPONSE']._serialized_start=1304
-  _globals['_GETINFORESPONSE']._serialized_end=1461
-  _globals['_LOADMODELREQUEST']._serialized_start=1463
-  _globals['_LOADMODELREQUEST']._serialized_end=1547
-  _globals['_LOADMODELRESPONSE']._serialized_start=1549
-  _globals['_LOADMODELRESPONSE']._serialized_end=1607
-  _globals['_UNLOADMODELREQUEST']._serialized_start=1609
-  _globals['_UNLOADMODELREQUEST']._serialized_end=1643
-  _globals['_UNLOADMODELRESPONSE']._serialized_start=1645
-  _globals['_UNLOADMODELRESPONSE']._serialized_end=1666
-  _globals['_INFOSERVICE']._serialized_start=1668
-  _globals['_INFOSERVICE']._serialized_end=1751
-  _globals['_ADMINSERVICE']._serialized_start=1754
-  _globals['_ADMINSERVICE']._serialized_end=1926
+  _globals['_MODELINFO']._serialized_end=880
+  _globals['_MODELINFO_PROMPTSENTRY']._serialized_start=834
+  _globals['_MODELINFO_PROMPTSENTRY']._serialized_end=880
+  _globals['_QUANTIZATIONINFO']._serialized_start=882
+  _globals['_QUANTIZATIONINFO']._serialized_end=946
+  _globals['_LIMITS']._serialized_start=949
+  _globals['_LIMITS']._serialized_end=1352
+  _globals['_GETINFOREQUEST']._serialized_start=1354
+  _globals['_GETINFOREQUEST']._serialized_end=1370
+  _globals['_FRONTENDINFO']._serialized_start=1372
+  _globals['_FRONTENDINFO']._serialized_end=1432
+  _globals['_GETINFORESPONSE']._serialized_start=1435
+  _globals['_GETINFORESPONSE']._serialized_end=1592
+  _globals['_LOADMODELREQUEST']._serialized_start=1594
+  _globals['_LOADMODELREQUEST']._serialized_end=1678
+  _globals['_LOADMODELRESPONSE']._serialized_start=1680
+  _globals['_LOADMODELRESPONSE']._serialized_end=1738
+  _globals['_UNLOADMODELREQUEST']._serialized_start=1740
+  _globals['_UNLOADMODELREQUEST']._serialized_end=1774
+  _globals['_UNLOADMODELRESPONSE']._serialized_start=1776
+  _globals['_UNLOADMODELRESPONSE']._serialized_end=1797
+  _globals['_INFOSERVICE']._serialized_start=1799
+  _globals['_INFOSERVICE']._serialized_end=1882
+  _globals['_ADMINSERVICE']._serialized_start=1885
+  _globals['_ADMINSERVICE']._serialized_end=2057
 # @@protoc_insertion_point(module_scope)

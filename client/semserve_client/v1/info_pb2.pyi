@@ -44,7 +44,14 @@ class BatchingInfo(_message.Message):
     def __init__(self, policy: _Optional[str] = ..., max_batch_tokens: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., measured_tokens_per_second: _Optional[float] = ..., calibration_seconds: _Optional[float] = ..., from_cache: _Optional[bool] = ..., cuda_graph_batch_sizes: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "kind", "dimension", "max_tokens", "devices", "dtype", "path", "is_default", "pooling", "stats", "batching", "quantization")
+    __slots__ = ("name", "kind", "dimension", "max_tokens", "devices", "dtype", "path", "is_default", "pooling", "stats", "batching", "quantization", "prompts", "default_prompt_name")
+    class PromptsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
@@ -57,6 +64,8 @@ class ModelInfo(_message.Message):
     STATS_FIELD_NUMBER: _ClassVar[int]
     BATCHING_FIELD_NUMBER: _ClassVar[int]
     QUANTIZATION_FIELD_NUMBER: _ClassVar[int]
+    PROMPTS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_PROMPT_NAME_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: _common_pb2.ModelKind
     dimension: int
@@ -69,7 +78,9 @@ class ModelInfo(_message.Message):
     stats: ModelStats
     batching: BatchingInfo
     quantization: QuantizationInfo
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[_common_pb2.ModelKind, str]] = ..., dimension: _Optional[int] = ..., max_tokens: _Optional[int] = ..., devices: _Optional[_Iterable[str]] = ..., dtype: _Optional[str] = ..., path: _Optional[str] = ..., is_default: _Optional[bool] = ..., pooling: _Optional[str] = ..., stats: _Optional[_Union[ModelStats, _Mapping]] = ..., batching: _Optional[_Union[BatchingInfo, _Mapping]] = ..., quantization: _Optional[_Union[QuantizationInfo, _Mapping]] = ...) -> None: ...
+    prompts: _containers.ScalarMap[str, str]
+    default_prompt_name: str
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[_common_pb2.ModelKind, str]] = ..., dimension: _Optional[int] = ..., max_tokens: _Optional[int] = ..., devices: _Optional[_Iterable[str]] = ..., dtype: _Optional[str] = ..., path: _Optional[str] = ..., is_default: _Optional[bool] = ..., pooling: _Optional[str] = ..., stats: _Optional[_Union[ModelStats, _Mapping]] = ..., batching: _Optional[_Union[BatchingInfo, _Mapping]] = ..., quantization: _Optional[_Union[QuantizationInfo, _Mapping]] = ..., prompts: _Optional[_Mapping[str, str]] = ..., default_prompt_name: _Optional[str] = ...) -> None: ...
 
 class QuantizationInfo(_message.Message):
     __slots__ = ("source", "lower", "upper")

@@ -27,7 +27,7 @@ COLLECTION_STATE_READY: CollectionState
 COLLECTION_STATE_FAILED: CollectionState
 
 class CollectionInfo(_message.Message):
-    __slots__ = ("name", "model", "dimension", "metric", "count", "shards", "devices", "bytes", "dtype", "durable", "state", "failure_reason")
+    __slots__ = ("name", "model", "dimension", "metric", "count", "shards", "devices", "bytes", "dtype", "durable", "state", "failure_reason", "document_prompt", "query_prompt")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
@@ -40,6 +40,8 @@ class CollectionInfo(_message.Message):
     DURABLE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     FAILURE_REASON_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENT_PROMPT_FIELD_NUMBER: _ClassVar[int]
+    QUERY_PROMPT_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: str
     dimension: int
@@ -52,19 +54,25 @@ class CollectionInfo(_message.Message):
     durable: bool
     state: CollectionState
     failure_reason: str
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., dimension: _Optional[int] = ..., metric: _Optional[_Union[Metric, str]] = ..., count: _Optional[int] = ..., shards: _Optional[int] = ..., devices: _Optional[_Iterable[str]] = ..., bytes: _Optional[int] = ..., dtype: _Optional[str] = ..., durable: _Optional[bool] = ..., state: _Optional[_Union[CollectionState, str]] = ..., failure_reason: _Optional[str] = ...) -> None: ...
+    document_prompt: str
+    query_prompt: str
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., dimension: _Optional[int] = ..., metric: _Optional[_Union[Metric, str]] = ..., count: _Optional[int] = ..., shards: _Optional[int] = ..., devices: _Optional[_Iterable[str]] = ..., bytes: _Optional[int] = ..., dtype: _Optional[str] = ..., durable: _Optional[bool] = ..., state: _Optional[_Union[CollectionState, str]] = ..., failure_reason: _Optional[str] = ..., document_prompt: _Optional[str] = ..., query_prompt: _Optional[str] = ...) -> None: ...
 
 class CreateCollectionRequest(_message.Message):
-    __slots__ = ("name", "model", "dimension", "metric")
+    __slots__ = ("name", "model", "dimension", "metric", "document_prompt", "query_prompt")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
     METRIC_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENT_PROMPT_FIELD_NUMBER: _ClassVar[int]
+    QUERY_PROMPT_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: str
     dimension: int
     metric: Metric
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., dimension: _Optional[int] = ..., metric: _Optional[_Union[Metric, str]] = ...) -> None: ...
+    document_prompt: str
+    query_prompt: str
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., dimension: _Optional[int] = ..., metric: _Optional[_Union[Metric, str]] = ..., document_prompt: _Optional[str] = ..., query_prompt: _Optional[str] = ...) -> None: ...
 
 class CreateCollectionResponse(_message.Message):
     __slots__ = ("collection",)

@@ -182,6 +182,9 @@ class ModelDescriptor:
     batching: BatchingInfo | None = None
     # Encoders: the ranges of the int8/uint8 output formats (core/quantization.py).
     quantization: QuantizationRanges | None = None
+    # Encoders: prompts by name, and the one applied when a request names none.
+    prompts: dict[str, str] = field(default_factory=dict)
+    default_prompt_name: str | None = None
 
 
 @dataclass(slots=True)
@@ -219,6 +222,8 @@ class CollectionDescriptor:
     bytes: int = 0
     dtype: str = ""
     durable: bool = False
+    document_prompt: str = ""
+    query_prompt: str = ""
     state: str = "ready"  # READY, or FAILED with failure_reason (see search/store.py)
     failure_reason: str = ""
     failure_code: str = ""  # the status name its calls answer while FAILED

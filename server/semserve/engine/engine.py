@@ -201,7 +201,7 @@ class Engine:
         return CollectionDescriptor(
             name=spec.name, model=spec.model, dimension=spec.dimension, metric=spec.metric, count=d["count"],
             shards=d["shards"], devices=d["devices"], bytes=d["bytes"], dtype=d["dtype"], durable=self.store.durable,
-            state=FAILED if failure else READY, failure_reason=failure.message if failure else "",
+            document_prompt=spec.document_prompt, query_prompt=spec.query_prompt, state=FAILED if failure else READY, failure_reason=failure.message if failure else "",
             failure_code=failure.code if failure else "",
         )
 
@@ -210,7 +210,8 @@ class Engine:
                                     state=FAILED, failure_reason=self.store.failure_message(name),
                                     failure_code=CollectionFailed.code)
 
-    async def create_collection(self, name: str, model: str, dimension: int, metric: str) -> CollectionDescriptor:
+    async def create_collection(self, name: str, model: str, dimension: int, metric: str,
+                                document_prompt: str = "", query_prompt: str = "") -> CollectionDescriptor:
         if metric not in METRICS:
             raise InvalidArgument(f"unknown metric {metric!r}")
         if not 1 <= dimension <= self.config.limits.max_dimension:
@@ -221,7 +222,8 @@ class Engine:
             hosted = self.registry.get(model, ENCODER)
             if hosted.dimension != dimension:
                 raise InvalidArgument(f"dimension {dimension} does not match model {model!r}'s {hosted.dimension}")
-        collection = await self._blocking(self.store.create, name, model, dimension, metric)
+        collection = await self._blocking(self.store.create, name, model, dimension, metric, document_prompt,
+                                          query_prompt)
         return self._describe(collection)
 
     async def drop_collection(self, name: str) -> None:

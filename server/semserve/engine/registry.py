@@ -52,6 +52,8 @@ class HostedModel:
     load_id: int = 0
     batching: BatchingInfo | None = None
     quantization: QuantizationRanges | None = None
+    prompts: dict[str, str] = field(default_factory=dict)
+    default_prompt_name: str | None = None
     # Requests currently using this model; an unload waits for them so none is lost.
     active_requests: int = 0
     _idle: asyncio.Event | None = None
@@ -128,7 +130,19 @@ def load_model(
         load_id=load_id,
         batching=info,
         quantization=quantization_ranges(spec, first.dimension) if spec.kind == ENCODER else None,
+        prompts=dict(getattr(first, "prompts", {}) or {}),
+        default_prompt_name=default_prompt(spec, first),
     )
+
+
+def default_prompt(spec: ModelSpec, model: Any) -> str | None:
+    """The prompt applied when a request names none: the flag's, else the folder's, else none."""
+    prompts = getattr(model, "prompts", {}) or {}
+    name = spec.default_prompt_name or getattr(model, "default_prompt_name", None)
+    if spec.default_prompt_name and spec.default_prompt_name not in prompts:
+        known = ", ".join(sorted(prompts)) or "none"
+        raise ModelLoadError(f"model {spec.name!r} has no prompt named {spec.default_prompt_name!r}; its prompts: {known}")
+    return name if name in prompts else None
 
 
 def quantization_ranges(spec: ModelSpec, dimension: int) -> QuantizationRanges:
@@ -209,7 +223,7 @@ def describe(model: HostedModel, is_default: bool, with_counters: bool = False) 
         name=model.name, kind=model.kind, load_id=model.load_id, dimension=model.dimension,
         max_tokens=model.max_tokens, devices=list(model.devices), dtype=model.dtype, path=str(model.path),
         pooling=model.pooling, is_default=is_default, counters=counters, batching=model.batching,
-        quantization=model.quantization,
+        quantization=model.quantization, prompts=dict(model.prompts), default_prompt_name=model.default_prompt_name,
     )
 
 

@@ -11,6 +11,7 @@ from semserve.core.types import ENCODER
 from semserve.frontend import codec
 from semserve.frontend.errors import invalid_argument, unary_rpc
 from semserve.frontend.inference import Inference, deadline_of
+from semserve.frontend.prompts import optional_string, prompted, resolve_prompt
 from semserve.frontend.streaming import answer_by_id
 from semserve.frontend.timing import timing_proto
 from semserve_client.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc
@@ -50,6 +51,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
             request.model, texts, flag(request, "truncate", True), flag(request, "normalize", True), deadline,
             dimensions=request.dimensions if request.HasField("dimensions") else None,
             truncate_left=request.truncation_direction == common_pb2.TRUNCATION_DIRECTION_LEFT,
+            prompt_name=optional_string(request, "prompt_name"), prompt=optional_string(request, "prompt"),
         )
         return encoder_pb2.EmbedResponse(
             model=out.model.name,
@@ -76,6 +78,8 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
     async def Tokenize(self, request, context):
         model, tokenizer = await self._inference.models.get(request.model, ENCODER)
         texts = check_texts(request.texts, self._limits.max_texts_per_request)
+        texts = prompted(texts, resolve_prompt(model, optional_string(request, "prompt_name"),
+                                               optional_string(request, "prompt")))
         described = await asyncio.get_running_loop().run_in_executor(
             None, tokenizer.describe, texts, flag(request, "truncate", True)
         )

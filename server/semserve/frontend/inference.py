@@ -16,6 +16,7 @@ from semserve.core.types import CROSS_ENCODER, ENCODER, ModelDescriptor, Timing
 from semserve.frontend.call_metrics import CallMetrics
 from semserve.frontend.errors import invalid_argument
 from semserve.frontend.models import ModelDirectory
+from semserve.frontend.prompts import prompted, resolve_prompt
 from semserve.frontend.tracing import Tracing, now_ns
 from semserve.frontend.tokenization import TextInput, TextTokenizer, Tokenized
 
@@ -86,11 +87,13 @@ class Inference:
 
     async def embed(
         self, model_name: str, texts: Sequence[str], truncate: bool, normalize: bool, deadline: float | None,
-        dimensions: int | None = None, truncate_left: bool = False,
+        dimensions: int | None = None, truncate_left: bool = False, prompt_name: str | None = None,
+        prompt: str | None = None,
     ) -> Outcome:
         """Embeddings as a float32 matrix: the first ``dimensions`` of each (all when None), then
-        normalised when asked."""
+        normalised when asked. The prompt (frontend/prompts.py) is prepended to every text."""
         model, tokenizer = await self.models.get(model_name, ENCODER)
+        texts = prompted(texts, resolve_prompt(model, prompt_name, prompt))
         if dimensions is not None and not 1 <= dimensions <= model.dimension:
             raise invalid_argument(
                 f"dimensions must be in 1..{model.dimension} (model {model.name!r}'s dimension), got {dimensions}")

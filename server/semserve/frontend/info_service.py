@@ -28,6 +28,8 @@ def model_info(model: ModelDescriptor, with_path: bool = True) -> info_pb2.Model
         is_default=model.is_default,
         pooling=model.pooling,
     )
+    info.prompts.update(model.prompts)
+    info.default_prompt_name = model.default_prompt_name or ""
     q = model.quantization
     if q is not None:
         info.quantization.CopyFrom(info_pb2.QuantizationInfo(source=q.source, lower=q.lower, upper=q.upper))

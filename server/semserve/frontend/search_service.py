@@ -44,7 +44,8 @@ def info_proto(c: CollectionDescriptor) -> search_pb2.CollectionInfo:
     return search_pb2.CollectionInfo(
         name=c.name, model=c.model, dimension=c.dimension, metric=_METRIC_PROTO[c.metric], count=c.count,
         shards=c.shards, devices=c.devices, bytes=c.bytes, dtype=c.dtype, durable=c.durable,
-        state=_STATE_PROTO[c.state], failure_reason=c.failure_reason,
+        state=_STATE_PROTO[c.state], failure_reason=c.failure_reason, document_prompt=c.document_prompt,
+        query_prompt=c.query_prompt,
     )
 
 
@@ -75,7 +76,10 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
                 f"dimension {request.dimension} is over this server's max_dimension {self._limits.max_dimension}"
             )
         model_name, dimension = await self._collection_model(request.model, request.dimension)
-        collection = await self._core.create_collection(request.name, model_name, dimension, _METRICS[request.metric])
+        if (request.document_prompt or request.query_prompt) and not model_name:
+            raise invalid_argument("document_prompt and query_prompt need a model: the collection embeds no text")
+        collection = await self._core.create_collection(request.name, model_name, dimension, _METRICS[request.metric],
+                                                        request.document_prompt, request.query_prompt)
         return search_pb2.CreateCollectionResponse(collection=info_proto(collection))
 
     async def _collection_model(self, name: str, dimension: int) -> tuple[str, int]:
@@ -123,11 +127,14 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
 
     # -- writes ----------------------------------------------------------------------------
 
-    async def _embed_texts(self, collection: CollectionDescriptor, texts: list[str], deadline: float | None):
-        """Vectors of texts with the collection's own model (normalised for cosine)."""
+    async def _embed_texts(self, collection: CollectionDescriptor, texts: list[str], deadline: float | None,
+                           prompt: str):
+        """Vectors of texts with the collection's own model (normalised for cosine), with the
+        collection's document or query prompt ("": the model's default prompt)."""
         if not collection.model:
             raise invalid_argument(f"collection {collection.name!r} has no model: send embeddings, not text")
-        out = await self._inference.embed(collection.model, texts, True, collection.metric == COSINE, deadline)
+        out = await self._inference.embed(collection.model, texts, True, collection.metric == COSINE, deadline,
+                                          prompt=prompt or None)
         if out.model.dimension != collection.dimension:
             raise FailedPrecondition(
                 f"model {out.model.name!r} now has dimension {out.model.dimension}, the collection {collection.dimension}"
@@ -165,7 +172,8 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
                 raise invalid_argument(f"document {i} ({doc.id!r}) has neither an embedding nor text")
         timing = Timing()
         if to_encode:
-            matrix, timing = await self._embed_texts(collection, [docs[i].text for i in to_encode], deadline)
+            matrix, timing = await self._embed_texts(collection, [docs[i].text for i in to_encode], deadline,
+                                                     collection.document_prompt)
             vectors[to_encode] = matrix
         return collection.name, ids, [d.text for d in docs], [dict(d.metadata) for d in docs], vectors, timing
 
@@ -301,7 +309,8 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         timing = Timing()
         if texts:
             order = sorted(texts)
-            matrix, parts = await self._embed_texts(collection, [texts[i] for i in order], deadline)
+            matrix, parts = await self._embed_texts(collection, [texts[i] for i in order], deadline,
+                                                    collection.query_prompt)
             queries[order] = matrix
             timing.merge(parts)
         hits = await self._core.search(

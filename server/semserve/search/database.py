@@ -14,7 +14,8 @@ here and are read when a call needs them, so host memory holds only ids and vect
 
 Schema (``format`` 1)::
 
-    spec(key TEXT PRIMARY KEY, value TEXT)            name, model, dimension, metric, format
+    spec(key TEXT PRIMARY KEY, value TEXT)            name, model, dimension, metric, format,
+                                                      document_prompt, query_prompt (absent: "")
     documents(row INTEGER PRIMARY KEY, id TEXT UNIQUE, text TEXT, metadata TEXT (JSON), vector BLOB)
 """
 
@@ -61,6 +62,9 @@ class CollectionSpec:
     model: str
     dimension: int
     metric: str
+    # Prepended to text the collection embeds (documents, queries); "" for the model's default.
+    document_prompt: str = ""
+    query_prompt: str = ""
 
 
 @dataclass
@@ -122,7 +126,8 @@ def read_spec(connection: sqlite3.Connection) -> CollectionSpec:
     raw = dict(connection.execute("SELECT key, value FROM spec").fetchall())
     if int(raw.get("format", 0)) != FORMAT:
         raise DatabaseDamaged(f"unknown collection file format {raw.get('format')!r} (this server reads {FORMAT})")
-    return CollectionSpec(raw["name"], raw["model"], int(raw["dimension"]), raw["metric"])
+    return CollectionSpec(raw["name"], raw["model"], int(raw["dimension"]), raw["metric"],
+                          raw.get("document_prompt", ""), raw.get("query_prompt", ""))
 
 
 class CollectionDatabase:
@@ -158,7 +163,7 @@ class CollectionDatabase:
             for statement in _SCHEMA:
                 connection.execute(statement)
             values = {"name": spec.name, "model": spec.model, "dimension": spec.dimension, "metric": spec.metric,
-                      "format": FORMAT}
+                      "document_prompt": spec.document_prompt, "query_prompt": spec.query_prompt, "format": FORMAT}
             connection.executemany("INSERT INTO spec VALUES (?, ?)", [(k, str(v)) for k, v in values.items()])
             connection.execute("COMMIT")
         except (sqlite3.Error, OSError) as exc:

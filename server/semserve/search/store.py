@@ -91,11 +91,12 @@ class CollectionStore:
         self._collections[name] = collection
         log.info("search: opened collection %r: %d documents", name, len(collection.matrix))
 
-    def create(self, name: str, model: str, dimension: int, metric: str) -> Collection:
+    def create(self, name: str, model: str, dimension: int, metric: str, document_prompt: str = "",
+               query_prompt: str = "") -> Collection:
         with self._lock:
             if name in self._collections or name in self._failed:
                 raise CollectionExists(f"collection {name!r} already exists")
-            spec = CollectionSpec(name, model, dimension, metric)
+            spec = CollectionSpec(name, model, dimension, metric, document_prompt, query_prompt)
             # Built under a hidden name and renamed into place: a crash leaves no half collection.
             building = self.root / f"{_UNFINISHED_PREFIX}creating-{name}-{uuid.uuid4().hex}"
             building.mkdir()
