@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     cc.add_argument("--metric", choices=["cosine", "dot"], default="cosine")
     cc.add_argument("--document-prompt", default="", help="prepended to documents' text when embedded, e.g. 'passage: '")
     cc.add_argument("--query-prompt", default="", help="prepended to text queries, e.g. 'query: '")
+    cc.add_argument("--storage", choices=["float", "int8"], default="float",
+                    help="int8: a quarter of the device memory, candidates rescored exactly (cosine only)")
     csub.add_parser("list", help="every collection with its size")
     for action in ("info", "drop"):
         ca = csub.add_parser(action, help=f"{action} one collection")
@@ -184,7 +186,7 @@ def run_search(args: argparse.Namespace, client: SemserveClient) -> object:
     if args.command == "collections":
         if args.action == "create":
             return as_dict(client.create_collection(args.name, args.model, args.dimension, args.metric,
-                                                    args.document_prompt, args.query_prompt))
+                                                    args.document_prompt, args.query_prompt, args.storage))
         if args.action == "list":
             return {"collections": [as_dict(c) for c in client.list_collections()]}
         if args.action == "info":

@@ -11,12 +11,18 @@ from semserve_client.v1 import search_pb2
 METRICS = {"cosine": search_pb2.METRIC_COSINE, "dot": search_pb2.METRIC_DOT}
 
 
+STORAGES = {"float": search_pb2.VECTOR_STORAGE_UNSPECIFIED, "int8": search_pb2.VECTOR_STORAGE_INT8}
+
+
 def create_request(name: str, model: str = "", dimension: int = 0, metric: str = "cosine", document_prompt: str = "",
-                   query_prompt: str = ""):
+                   query_prompt: str = "", storage: str = "float", rescore_multiplier: int = 0):
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    if storage not in STORAGES:
+        raise ValueError(f"storage must be one of {', '.join(STORAGES)}, got {storage!r}")
     return search_pb2.CreateCollectionRequest(name=name, model=model, dimension=dimension, metric=METRICS[metric],
-                                              document_prompt=document_prompt, query_prompt=query_prompt)
+                                              document_prompt=document_prompt, query_prompt=query_prompt,
+                                              storage=STORAGES[storage], rescore_multiplier=rescore_multiplier)
 
 
 def documents(

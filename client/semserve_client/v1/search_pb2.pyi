@@ -19,15 +19,22 @@ class CollectionState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     COLLECTION_STATE_UNSPECIFIED: _ClassVar[CollectionState]
     COLLECTION_STATE_READY: _ClassVar[CollectionState]
     COLLECTION_STATE_FAILED: _ClassVar[CollectionState]
+
+class VectorStorage(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    VECTOR_STORAGE_UNSPECIFIED: _ClassVar[VectorStorage]
+    VECTOR_STORAGE_INT8: _ClassVar[VectorStorage]
 METRIC_UNSPECIFIED: Metric
 METRIC_COSINE: Metric
 METRIC_DOT: Metric
 COLLECTION_STATE_UNSPECIFIED: CollectionState
 COLLECTION_STATE_READY: CollectionState
 COLLECTION_STATE_FAILED: CollectionState
+VECTOR_STORAGE_UNSPECIFIED: VectorStorage
+VECTOR_STORAGE_INT8: VectorStorage
 
 class CollectionInfo(_message.Message):
-    __slots__ = ("name", "model", "dimension", "metric", "count", "shards", "devices", "bytes", "dtype", "durable", "state", "failure_reason", "document_prompt", "query_prompt")
+    __slots__ = ("name", "model", "dimension", "metric", "count", "shards", "devices", "bytes", "dtype", "durable", "state", "failure_reason", "document_prompt", "query_prompt", "storage", "rescore_multiplier")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
@@ -42,6 +49,8 @@ class CollectionInfo(_message.Message):
     FAILURE_REASON_FIELD_NUMBER: _ClassVar[int]
     DOCUMENT_PROMPT_FIELD_NUMBER: _ClassVar[int]
     QUERY_PROMPT_FIELD_NUMBER: _ClassVar[int]
+    STORAGE_FIELD_NUMBER: _ClassVar[int]
+    RESCORE_MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: str
     dimension: int
@@ -56,23 +65,29 @@ class CollectionInfo(_message.Message):
     failure_reason: str
     document_prompt: str
     query_prompt: str
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., dimension: _Optional[int] = ..., metric: _Optional[_Union[Metric, str]] = ..., count: _Optional[int] = ..., shards: _Optional[int] = ..., devices: _Optional[_Iterable[str]] = ..., bytes: _Optional[int] = ..., dtype: _Optional[str] = ..., durable: _Optional[bool] = ..., state: _Optional[_Union[CollectionState, str]] = ..., failure_reason: _Optional[str] = ..., document_prompt: _Optional[str] = ..., query_prompt: _Optional[str] = ...) -> None: ...
+    storage: VectorStorage
+    rescore_multiplier: int
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., dimension: _Optional[int] = ..., metric: _Optional[_Union[Metric, str]] = ..., count: _Optional[int] = ..., shards: _Optional[int] = ..., devices: _Optional[_Iterable[str]] = ..., bytes: _Optional[int] = ..., dtype: _Optional[str] = ..., durable: _Optional[bool] = ..., state: _Optional[_Union[CollectionState, str]] = ..., failure_reason: _Optional[str] = ..., document_prompt: _Optional[str] = ..., query_prompt: _Optional[str] = ..., storage: _Optional[_Union[VectorStorage, str]] = ..., rescore_multiplier: _Optional[int] = ...) -> None: ...
 
 class CreateCollectionRequest(_message.Message):
-    __slots__ = ("name", "model", "dimension", "metric", "document_prompt", "query_prompt")
+    __slots__ = ("name", "model", "dimension", "metric", "document_prompt", "query_prompt", "storage", "rescore_multiplier")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
     METRIC_FIELD_NUMBER: _ClassVar[int]
     DOCUMENT_PROMPT_FIELD_NUMBER: _ClassVar[int]
     QUERY_PROMPT_FIELD_NUMBER: _ClassVar[int]
+    STORAGE_FIELD_NUMBER: _ClassVar[int]
+    RESCORE_MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: str
     dimension: int
     metric: Metric
     document_prompt: str
     query_prompt: str
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., dimension: _Optional[int] = ..., metric: _Optional[_Union[Metric, str]] = ..., document_prompt: _Optional[str] = ..., query_prompt: _Optional[str] = ...) -> None: ...
+    storage: VectorStorage
+    rescore_multiplier: int
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., dimension: _Optional[int] = ..., metric: _Optional[_Union[Metric, str]] = ..., document_prompt: _Optional[str] = ..., query_prompt: _Optional[str] = ..., storage: _Optional[_Union[VectorStorage, str]] = ..., rescore_multiplier: _Optional[int] = ...) -> None: ...
 
 class CreateCollectionResponse(_message.Message):
     __slots__ = ("collection",)

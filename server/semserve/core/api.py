@@ -46,7 +46,8 @@ class Core(Protocol):
 
     # -- collections -----------------------------------------------------------------------
     async def create_collection(self, name: str, model: str, dimension: int, metric: str,
-                                document_prompt: str = "", query_prompt: str = "") -> CollectionDescriptor: ...
+                                document_prompt: str = "", query_prompt: str = "", storage: str = "float",
+                                rescore_multiplier: int = 4) -> CollectionDescriptor: ...
 
     async def drop_collection(self, name: str) -> None: ...
 

@@ -224,6 +224,8 @@ class CollectionDescriptor:
     durable: bool = False
     document_prompt: str = ""
     query_prompt: str = ""
+    storage: str = "float"
+    rescore_multiplier: int = 4
     state: str = "ready"  # READY, or FAILED with failure_reason (see search/store.py)
     failure_reason: str = ""
     failure_code: str = ""  # the status name its calls answer while FAILED

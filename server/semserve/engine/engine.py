@@ -44,6 +44,7 @@ from semserve.engine.stats import SEARCH_SECONDS, record_request
 from semserve.engine.runtime.devices import resolve_devices
 from semserve.models.errors import ModelLoadError
 from semserve.search.collection import Collection
+from semserve.search.compact import INT8, STORAGES
 from semserve.search.store import CollectionStore
 
 log = logging.getLogger(__name__)
@@ -201,7 +202,8 @@ class Engine:
         return CollectionDescriptor(
             name=spec.name, model=spec.model, dimension=spec.dimension, metric=spec.metric, count=d["count"],
             shards=d["shards"], devices=d["devices"], bytes=d["bytes"], dtype=d["dtype"], durable=self.store.durable,
-            document_prompt=spec.document_prompt, query_prompt=spec.query_prompt, state=FAILED if failure else READY, failure_reason=failure.message if failure else "",
+            document_prompt=spec.document_prompt, query_prompt=spec.query_prompt, storage=spec.storage,
+            rescore_multiplier=spec.rescore_multiplier, state=FAILED if failure else READY, failure_reason=failure.message if failure else "",
             failure_code=failure.code if failure else "",
         )
 
@@ -211,7 +213,8 @@ class Engine:
                                     failure_code=CollectionFailed.code)
 
     async def create_collection(self, name: str, model: str, dimension: int, metric: str,
-                                document_prompt: str = "", query_prompt: str = "") -> CollectionDescriptor:
+                                document_prompt: str = "", query_prompt: str = "", storage: str = "float",
+                                rescore_multiplier: int = 4) -> CollectionDescriptor:
         if metric not in METRICS:
             raise InvalidArgument(f"unknown metric {metric!r}")
         if not 1 <= dimension <= self.config.limits.max_dimension:
@@ -222,8 +225,14 @@ class Engine:
             hosted = self.registry.get(model, ENCODER)
             if hosted.dimension != dimension:
                 raise InvalidArgument(f"dimension {dimension} does not match model {model!r}'s {hosted.dimension}")
+        if storage not in STORAGES:
+            raise InvalidArgument(f"unknown storage {storage!r}")
+        if storage == INT8 and metric != COSINE:
+            raise InvalidArgument("int8 storage needs the cosine metric (its fixed scale is that of unit vectors)")
+        if not 1 <= rescore_multiplier <= 100:
+            raise InvalidArgument(f"rescore_multiplier must be in 1..100, got {rescore_multiplier}")
         collection = await self._blocking(self.store.create, name, model, dimension, metric, document_prompt,
-                                          query_prompt)
+                                          query_prompt, storage, rescore_multiplier)
         return self._describe(collection)
 
     async def drop_collection(self, name: str) -> None:

@@ -25,6 +25,8 @@ from semserve_client.v1 import search_pb2, search_pb2_grpc
 
 _METRICS = {search_pb2.METRIC_UNSPECIFIED: COSINE, search_pb2.METRIC_COSINE: COSINE, search_pb2.METRIC_DOT: DOT}
 _METRIC_PROTO = {COSINE: search_pb2.METRIC_COSINE, DOT: search_pb2.METRIC_DOT, "": search_pb2.METRIC_UNSPECIFIED}
+_STORAGES = {search_pb2.VECTOR_STORAGE_UNSPECIFIED: "float", search_pb2.VECTOR_STORAGE_INT8: "int8"}
+_STORAGE_PROTO = {name: number for number, name in _STORAGES.items()}
 _STATE_PROTO = {READY: search_pb2.COLLECTION_STATE_READY, FAILED: search_pb2.COLLECTION_STATE_FAILED}
 # Upsert messages of one stream being encoded at once; they are still applied in stream order.
 STREAM_WINDOW = 4
@@ -45,7 +47,7 @@ def info_proto(c: CollectionDescriptor) -> search_pb2.CollectionInfo:
         name=c.name, model=c.model, dimension=c.dimension, metric=_METRIC_PROTO[c.metric], count=c.count,
         shards=c.shards, devices=c.devices, bytes=c.bytes, dtype=c.dtype, durable=c.durable,
         state=_STATE_PROTO[c.state], failure_reason=c.failure_reason, document_prompt=c.document_prompt,
-        query_prompt=c.query_prompt,
+        query_prompt=c.query_prompt, storage=_STORAGE_PROTO[c.storage], rescore_multiplier=c.rescore_multiplier,
     )
 
 
@@ -78,8 +80,11 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         model_name, dimension = await self._collection_model(request.model, request.dimension)
         if (request.document_prompt or request.query_prompt) and not model_name:
             raise invalid_argument("document_prompt and query_prompt need a model: the collection embeds no text")
+        if request.storage not in _STORAGES:
+            raise invalid_argument(f"unknown storage {request.storage}; use VECTOR_STORAGE_UNSPECIFIED or VECTOR_STORAGE_INT8")
         collection = await self._core.create_collection(request.name, model_name, dimension, _METRICS[request.metric],
-                                                        request.document_prompt, request.query_prompt)
+                                                        request.document_prompt, request.query_prompt,
+                                                        _STORAGES[request.storage], request.rescore_multiplier or 4)
         return search_pb2.CreateCollectionResponse(collection=info_proto(collection))
 
     async def _collection_model(self, name: str, dimension: int) -> tuple[str, int]:

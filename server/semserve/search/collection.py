@@ -23,6 +23,7 @@ import torch
 from semserve.core.errors import CollectionFailed, CollectionNotFound, CoreError, ShuttingDown, Unavailable
 from semserve.core.types import COSINE
 from semserve.engine.stats import COMMIT_FAILURES, COMMIT_SECONDS
+from semserve.search.compact import FLOAT, INT8, int8_rows
 from semserve.search.database import FILE_NAME, CollectionDatabase, CollectionSpec, DatabaseDamaged, Delete, Upsert
 from semserve.search.group_commit import GroupCommit
 from semserve.search.shards import ShardedMatrix
@@ -56,7 +57,8 @@ class Collection:
         self.layout = layout
         self.database = database
         self.directory = directory
-        self.matrix = ShardedMatrix(spec.dimension, layout.devices, layout.dtypes, layout.initial_capacity)
+        dtypes = layout.dtypes if spec.storage == FLOAT else [torch.int8] * len(layout.devices)
+        self.matrix = ShardedMatrix(spec.dimension, layout.devices, dtypes, layout.initial_capacity)
         self.lock = threading.Lock()  # the shards and the filter masks
         self.version = 0
         self.dropped = False
@@ -81,7 +83,8 @@ class Collection:
             raise DatabaseDamaged(f"{path} holds collection {spec.name!r}, not {directory.name!r}")
         collection = cls(spec, layout, CollectionDatabase(path, spec, durable), directory)
         for start in range(0, len(ids), _LOAD_ROWS):
-            collection.matrix.upsert(ids[start : start + _LOAD_ROWS], vectors[start : start + _LOAD_ROWS])
+            rows = collection.shard_rows(vectors[start : start + _LOAD_ROWS])
+            collection.matrix.upsert(ids[start : start + _LOAD_ROWS], rows)
         return collection
 
     @property
@@ -97,9 +100,13 @@ class Collection:
     # -- changes ---------------------------------------------------------------------------
 
     def prepare(self, vectors: np.ndarray) -> np.ndarray:
-        """Vectors as the shards store them: float32, unit length for cosine."""
+        """Vectors as the file stores them: float32, unit length for cosine."""
         vectors = np.asarray(vectors, dtype=np.float32)
         return normalize_rows(vectors) if self.spec.metric == COSINE else vectors
+
+    def shard_rows(self, prepared: np.ndarray) -> np.ndarray:
+        """Prepared vectors as the shards take them (int8 storage: search/compact.py)."""
+        return int8_rows(prepared) if self.spec.storage == INT8 else prepared
 
     def upsert(self, ids: list[str], texts: list[str], metadata: list[dict[str, str]], vectors: np.ndarray) -> None:
         """Insert or replace documents; returns once they are committed and searchable."""
@@ -129,7 +136,7 @@ class Collection:
                     if isinstance(change, Delete):
                         self.matrix.delete(change.ids)
                     else:
-                        self.matrix.upsert(change.ids, change.vectors)
+                        self.matrix.upsert(change.ids, self.shard_rows(change.vectors))
             except Exception as exc:  # e.g. out of device memory while a shard grows
                 self.failure = Unavailable(
                     f"collection {self.spec.name!r} could not apply a committed write to its shards ({exc}); "
@@ -156,14 +163,35 @@ class Collection:
         return self.database.documents(ids, with_vectors=False)
 
     def search(self, queries: np.ndarray, k: int, where: dict[str, str]) -> list[list[tuple[str, float]]]:
-        """Exact top-k per query, best first, as (id, score); ``where`` is an equality filter."""
+        """Top-k per query, best first, as (id, score); ``where`` is an equality filter. Exact for
+        float storage; for int8, the int8 scan's best ``k x rescore_multiplier`` rescored exactly."""
         self.check_usable()
-        prepared = torch.from_numpy(self.prepare(queries))
+        prepared = self.prepare(queries)
+        wanted = k if self.spec.storage == FLOAT else k * self.spec.rescore_multiplier
         with self.lock:
             masks = self._masks(where)
             shards = [(s.matrix, s.used, m) for s, m in zip(self.matrix.shards, masks)]
-            hits = exact_topk(shards, prepared, k, self.layout.chunk_rows, self.layout.max_score_elements)
-            return [[(self.matrix.shards[s].ids[r], score) for s, r, score in q] for q in hits]
+            hits = exact_topk(shards, torch.from_numpy(prepared), wanted, self.layout.chunk_rows,
+                              self.layout.max_score_elements)
+            found = [[(self.matrix.shards[s].ids[r], score) for s, r, score in q] for q in hits]
+        if self.spec.storage == FLOAT:
+            return found
+        return self._rescore(prepared, found, k)
+
+    def _rescore(self, queries: np.ndarray, candidates: list[list[tuple[str, float]]], k: int
+                 ) -> list[list[tuple[str, float]]]:
+        """Exact scores of each query's candidates from the float32 vectors in the file."""
+        vectors = self.database.vectors({doc_id for hits in candidates for doc_id, _ in hits})
+        out = []
+        for query, hits in zip(queries, candidates):
+            ids = [doc_id for doc_id, _ in hits if doc_id in vectors]  # deleted since the scan: dropped
+            if not ids:
+                out.append([])
+                continue
+            scores = np.stack([vectors[i] for i in ids]) @ query
+            order = np.argsort(-scores, kind="stable")[:k]
+            out.append([(ids[i], float(scores[i])) for i in order])
+        return out
 
     def _masks(self, where: dict[str, str]) -> list[torch.Tensor | None]:
         """Per shard, the rows a search may return: live, and matching the filter (read from the file)."""

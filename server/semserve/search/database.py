@@ -15,7 +15,8 @@ here and are read when a call needs them, so host memory holds only ids and vect
 Schema (``format`` 1)::
 
     spec(key TEXT PRIMARY KEY, value TEXT)            name, model, dimension, metric, format,
-                                                      document_prompt, query_prompt (absent: "")
+                                                      document_prompt, query_prompt (absent: ""),
+                                                      storage, rescore_multiplier (absent: float, 4)
     documents(row INTEGER PRIMARY KEY, id TEXT UNIQUE, text TEXT, metadata TEXT (JSON), vector BLOB)
 """
 
@@ -65,6 +66,10 @@ class CollectionSpec:
     # Prepended to text the collection embeds (documents, queries); "" for the model's default.
     document_prompt: str = ""
     query_prompt: str = ""
+    # How the shards hold vectors: "float" (--search-dtype) or "int8" (search/compact.py), and
+    # how many candidates per result an int8 scan hands to exact rescoring.
+    storage: str = "float"
+    rescore_multiplier: int = 4
 
 
 @dataclass
@@ -127,7 +132,8 @@ def read_spec(connection: sqlite3.Connection) -> CollectionSpec:
     if int(raw.get("format", 0)) != FORMAT:
         raise DatabaseDamaged(f"unknown collection file format {raw.get('format')!r} (this server reads {FORMAT})")
     return CollectionSpec(raw["name"], raw["model"], int(raw["dimension"]), raw["metric"],
-                          raw.get("document_prompt", ""), raw.get("query_prompt", ""))
+                          raw.get("document_prompt", ""), raw.get("query_prompt", ""), raw.get("storage", "float"),
+                          int(raw.get("rescore_multiplier", 4)))
 
 
 class CollectionDatabase:
@@ -163,7 +169,8 @@ class CollectionDatabase:
             for statement in _SCHEMA:
                 connection.execute(statement)
             values = {"name": spec.name, "model": spec.model, "dimension": spec.dimension, "metric": spec.metric,
-                      "document_prompt": spec.document_prompt, "query_prompt": spec.query_prompt, "format": FORMAT}
+                      "document_prompt": spec.document_prompt, "query_prompt": spec.query_prompt,
+                      "storage": spec.storage, "rescore_multiplier": spec.rescore_multiplier, "format": FORMAT}
             connection.executemany("INSERT INTO spec VALUES (?, ?)", [(k, str(v)) for k, v in values.items()])
             connection.execute("COMMIT")
         except (sqlite3.Error, OSError) as exc:
@@ -279,6 +286,18 @@ class CollectionDatabase:
                     if vector is not None:
                         vector = np.frombuffer(vector, dtype="<f4").astype(np.float32)
                     found[doc_id] = (text, json.loads(metadata), vector)
+        return found
+
+    def vectors(self, ids) -> dict[str, np.ndarray]:
+        """The stored float32 vector of each id present."""
+        found: dict[str, np.ndarray] = {}
+        unique = list(dict.fromkeys(ids))
+        with self._reader("read vectors") as connection:
+            for start in range(0, len(unique), _IDS_PER_QUERY):
+                chunk = unique[start : start + _IDS_PER_QUERY]
+                query = f"SELECT id, vector FROM documents WHERE id IN ({','.join('?' * len(chunk))})"
+                for doc_id, vector in connection.execute(query, chunk):
+                    found[doc_id] = np.frombuffer(vector, dtype="<f4").astype(np.float32)
         return found
 
     def matching(self, where: dict[str, str]) -> list[str]:

@@ -92,11 +92,12 @@ class CollectionStore:
         log.info("search: opened collection %r: %d documents", name, len(collection.matrix))
 
     def create(self, name: str, model: str, dimension: int, metric: str, document_prompt: str = "",
-               query_prompt: str = "") -> Collection:
+               query_prompt: str = "", storage: str = "float", rescore_multiplier: int = 4) -> Collection:
         with self._lock:
             if name in self._collections or name in self._failed:
                 raise CollectionExists(f"collection {name!r} already exists")
-            spec = CollectionSpec(name, model, dimension, metric, document_prompt, query_prompt)
+            spec = CollectionSpec(name, model, dimension, metric, document_prompt, query_prompt, storage,
+                                  rescore_multiplier)
             # Built under a hidden name and renamed into place: a crash leaves no half collection.
             building = self.root / f"{_UNFINISHED_PREFIX}creating-{name}-{uuid.uuid4().hex}"
             building.mkdir()

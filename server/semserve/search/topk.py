@@ -84,11 +84,14 @@ def shard_topk(
     device = matrix.device
     # Scores stay in the matmul's output dtype through the selection (an fp16 buffer is half
     # the traffic of an fp32 one); only the k survivors are widened to float32.
-    best_scores = torch.empty((num_queries, 0), dtype=matrix.dtype, device=device)
+    best_scores = torch.empty((num_queries, 0), dtype=queries.dtype, device=device)
     best_rows = torch.empty((num_queries, 0), dtype=torch.long, device=device)
     for start in range(0, used_rows, chunk_rows):
         stop = min(start + chunk_rows, used_rows)
-        scores = torch.matmul(queries, matrix[start:stop].T)
+        chunk = matrix[start:stop]
+        if chunk.dtype == torch.int8:  # int8 storage: widened a chunk at a time (search/compact.py)
+            chunk = chunk.to(queries.dtype)
+        scores = torch.matmul(queries, chunk.T)
         if mask is not None:
             scores.masked_fill_(~mask[start:stop], NEG_INF)
         chunk_scores, chunk_rows_local = chunk_topk(scores, k)
@@ -145,7 +148,9 @@ def exact_topk(
     for matrix, used_rows, mask in shards:
         if used_rows == 0:
             continue
-        q = queries.to(device=matrix.device, dtype=matrix.dtype, non_blocking=True)
+        dtype = matrix.dtype if matrix.dtype != torch.int8 else (torch.float32 if matrix.device.type == "cpu"
+                                                                  else torch.float16)
+        q = queries.to(device=matrix.device, dtype=dtype, non_blocking=True)
         launched.append(shard_topk(matrix, used_rows, q, k, step, mask))
     if not launched:
         return [[] for _ in range(queries.shape[0])]
