@@ -82,8 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     cc.add_argument("--metric", choices=["cosine", "dot"], default="cosine")
     cc.add_argument("--document-prompt", default="", help="prepended to documents' text when embedded, e.g. 'passage: '")
     cc.add_argument("--query-prompt", default="", help="prepended to text queries, e.g. 'query: '")
-    cc.add_argument("--storage", choices=["float", "int8"], default="float",
-                    help="int8: a quarter of the device memory, candidates rescored exactly (cosine only)")
+    cc.add_argument("--storage", choices=["float", "int8", "binary"], default="float",
+                    help="int8 (a quarter of the device memory) or binary (a thirty-second): candidates rescored "
+                    "exactly (cosine only)")
     csub.add_parser("list", help="every collection with its size")
     for action in ("info", "drop"):
         ca = csub.add_parser(action, help=f"{action} one collection")

@@ -11,7 +11,8 @@ from semserve_client.v1 import search_pb2
 METRICS = {"cosine": search_pb2.METRIC_COSINE, "dot": search_pb2.METRIC_DOT}
 
 
-STORAGES = {"float": search_pb2.VECTOR_STORAGE_UNSPECIFIED, "int8": search_pb2.VECTOR_STORAGE_INT8}
+STORAGES = {"float": search_pb2.VECTOR_STORAGE_UNSPECIFIED, "int8": search_pb2.VECTOR_STORAGE_INT8,
+            "binary": search_pb2.VECTOR_STORAGE_BINARY}
 
 
 def create_request(name: str, model: str = "", dimension: int = 0, metric: str = "cosine", document_prompt: str = "",

@@ -1,4 +1,4 @@
-"""Recall and memory of int8 collections on real text (not part of make test).
+"""Recall and memory of int8 and binary collections on real text (not part of make test).
 
     PYTHONPATH=server:client .venv/bin/python tests/perf/bench_compact.py [--documents 20000] [--queries 500]
 
@@ -77,9 +77,11 @@ def main() -> None:
         store = CollectionStore(SearchConfig(data_dir=Path(tmp), devices="cpu"), ["cpu"])
         store.open()
         collections = {"float": store.create("float", "", corpus.shape[1], "cosine")}
-        for multiplier in (1, 2, 4, 8):
-            collections[f"int8x{multiplier}"] = store.create(f"int8x{multiplier}", "", corpus.shape[1], "cosine",
-                                                             storage="int8", rescore_multiplier=multiplier)
+        for storage, multipliers in (("int8", (1, 2, 4, 8)), ("binary", (4, 10, 20, 40))):
+            for multiplier in multipliers:
+                name = f"{storage}x{multiplier}"
+                collections[name] = store.create(name, "", corpus.shape[1], "cosine", storage=storage,
+                                                 rescore_multiplier=multiplier)
         for c in collections.values():
             for start in range(0, len(ids), 1000):
                 c.upsert(ids[start : start + 1000], [""] * len(ids[start : start + 1000]),
@@ -88,6 +90,7 @@ def main() -> None:
         # Bytes a row takes on the search device, and what the shards hold allocated (capacity doubles).
         out["float32_bytes_per_vector"] = corpus.shape[1] * 4
         out["int8_bytes_per_vector"] = corpus.shape[1]
+        out["binary_bytes_per_vector"] = (corpus.shape[1] + 7) // 8
         out["float_allocated_bytes_per_document"] = round(collections["float"].describe()["bytes"] / len(corpus))
         for name, c in collections.items():
             if name == "float":
@@ -98,6 +101,7 @@ def main() -> None:
             out[name] = {"recall_at_10": round(float(recall), 4),
                          "search_ms_per_query": round((time.monotonic() - started) * 1000 / len(queries), 2)}
         out["int8_allocated_bytes_per_document"] = round(collections["int8x4"].describe()["bytes"] / len(corpus))
+        out["binary_allocated_bytes_per_document"] = round(collections["binaryx10"].describe()["bytes"] / len(corpus))
         store.close()
     print(json.dumps(out))
 

@@ -24,6 +24,7 @@ class VectorStorage(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     VECTOR_STORAGE_UNSPECIFIED: _ClassVar[VectorStorage]
     VECTOR_STORAGE_INT8: _ClassVar[VectorStorage]
+    VECTOR_STORAGE_BINARY: _ClassVar[VectorStorage]
 METRIC_UNSPECIFIED: Metric
 METRIC_COSINE: Metric
 METRIC_DOT: Metric
@@ -32,6 +33,7 @@ COLLECTION_STATE_READY: CollectionState
 COLLECTION_STATE_FAILED: CollectionState
 VECTOR_STORAGE_UNSPECIFIED: VectorStorage
 VECTOR_STORAGE_INT8: VectorStorage
+VECTOR_STORAGE_BINARY: VectorStorage
 
 class CollectionInfo(_message.Message):
     __slots__ = ("name", "model", "dimension", "metric", "count", "shards", "devices", "bytes", "dtype", "durable", "state", "failure_reason", "document_prompt", "query_prompt", "storage", "rescore_multiplier")

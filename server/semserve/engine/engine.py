@@ -44,7 +44,7 @@ from semserve.engine.stats import SEARCH_SECONDS, record_request
 from semserve.engine.runtime.devices import resolve_devices
 from semserve.models.errors import ModelLoadError
 from semserve.search.collection import Collection
-from semserve.search.compact import INT8, STORAGES
+from semserve.search.compact import FLOAT, STORAGES
 from semserve.search.store import CollectionStore
 
 log = logging.getLogger(__name__)
@@ -227,8 +227,8 @@ class Engine:
                 raise InvalidArgument(f"dimension {dimension} does not match model {model!r}'s {hosted.dimension}")
         if storage not in STORAGES:
             raise InvalidArgument(f"unknown storage {storage!r}")
-        if storage == INT8 and metric != COSINE:
-            raise InvalidArgument("int8 storage needs the cosine metric (its fixed scale is that of unit vectors)")
+        if storage != FLOAT and metric != COSINE:
+            raise InvalidArgument(f"{storage} storage needs the cosine metric (it is made for unit vectors)")
         if not 1 <= rescore_multiplier <= 100:
             raise InvalidArgument(f"rescore_multiplier must be in 1..100, got {rescore_multiplier}")
         collection = await self._blocking(self.store.create, name, model, dimension, metric, document_prompt,

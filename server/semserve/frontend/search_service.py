@@ -25,7 +25,8 @@ from semserve_client.v1 import search_pb2, search_pb2_grpc
 
 _METRICS = {search_pb2.METRIC_UNSPECIFIED: COSINE, search_pb2.METRIC_COSINE: COSINE, search_pb2.METRIC_DOT: DOT}
 _METRIC_PROTO = {COSINE: search_pb2.METRIC_COSINE, DOT: search_pb2.METRIC_DOT, "": search_pb2.METRIC_UNSPECIFIED}
-_STORAGES = {search_pb2.VECTOR_STORAGE_UNSPECIFIED: "float", search_pb2.VECTOR_STORAGE_INT8: "int8"}
+_STORAGES = {search_pb2.VECTOR_STORAGE_UNSPECIFIED: "float", search_pb2.VECTOR_STORAGE_INT8: "int8",
+             search_pb2.VECTOR_STORAGE_BINARY: "binary"}
 _STORAGE_PROTO = {name: number for number, name in _STORAGES.items()}
 _STATE_PROTO = {READY: search_pb2.COLLECTION_STATE_READY, FAILED: search_pb2.COLLECTION_STATE_FAILED}
 # Upsert messages of one stream being encoded at once; they are still applied in stream order.
@@ -81,7 +82,8 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         if (request.document_prompt or request.query_prompt) and not model_name:
             raise invalid_argument("document_prompt and query_prompt need a model: the collection embeds no text")
         if request.storage not in _STORAGES:
-            raise invalid_argument(f"unknown storage {request.storage}; use VECTOR_STORAGE_UNSPECIFIED or VECTOR_STORAGE_INT8")
+            raise invalid_argument(f"unknown storage {request.storage}; use VECTOR_STORAGE_UNSPECIFIED, "
+                                   "VECTOR_STORAGE_INT8 or VECTOR_STORAGE_BINARY")
         collection = await self._core.create_collection(request.name, model_name, dimension, _METRICS[request.metric],
                                                         request.document_prompt, request.query_prompt,
                                                         _STORAGES[request.storage], request.rescore_multiplier or 4)

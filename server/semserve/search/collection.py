@@ -23,7 +23,7 @@ import torch
 from semserve.core.errors import CollectionFailed, CollectionNotFound, CoreError, ShuttingDown, Unavailable
 from semserve.core.types import COSINE
 from semserve.engine.stats import COMMIT_FAILURES, COMMIT_SECONDS
-from semserve.search.compact import FLOAT, INT8, int8_rows
+from semserve.search.compact import BINARY, FLOAT, INT8, binary_rows, int8_rows, stored_width
 from semserve.search.database import FILE_NAME, CollectionDatabase, CollectionSpec, DatabaseDamaged, Delete, Upsert
 from semserve.search.group_commit import GroupCommit
 from semserve.search.shards import ShardedMatrix
@@ -57,8 +57,10 @@ class Collection:
         self.layout = layout
         self.database = database
         self.directory = directory
-        dtypes = layout.dtypes if spec.storage == FLOAT else [torch.int8] * len(layout.devices)
-        self.matrix = ShardedMatrix(spec.dimension, layout.devices, dtypes, layout.initial_capacity)
+        compact = {INT8: torch.int8, BINARY: torch.uint8}.get(spec.storage)
+        dtypes = layout.dtypes if compact is None else [compact] * len(layout.devices)
+        self.matrix = ShardedMatrix(stored_width(spec.storage, spec.dimension), layout.devices, dtypes,
+                                    layout.initial_capacity)
         self.lock = threading.Lock()  # the shards and the filter masks
         self.version = 0
         self.dropped = False
@@ -106,7 +108,11 @@ class Collection:
 
     def shard_rows(self, prepared: np.ndarray) -> np.ndarray:
         """Prepared vectors as the shards take them (int8 storage: search/compact.py)."""
-        return int8_rows(prepared) if self.spec.storage == INT8 else prepared
+        if self.spec.storage == INT8:
+            return int8_rows(prepared)
+        if self.spec.storage == BINARY:
+            return binary_rows(prepared)
+        return prepared
 
     def upsert(self, ids: list[str], texts: list[str], metadata: list[dict[str, str]], vectors: np.ndarray) -> None:
         """Insert or replace documents; returns once they are committed and searchable."""
@@ -164,7 +170,7 @@ class Collection:
 
     def search(self, queries: np.ndarray, k: int, where: dict[str, str]) -> list[list[tuple[str, float]]]:
         """Top-k per query, best first, as (id, score); ``where`` is an equality filter. Exact for
-        float storage; for int8, the int8 scan's best ``k x rescore_multiplier`` rescored exactly."""
+        float storage; for int8 and binary, the scan's best ``k x rescore_multiplier`` rescored exactly."""
         self.check_usable()
         prepared = self.prepare(queries)
         wanted = k if self.spec.storage == FLOAT else k * self.spec.rescore_multiplier

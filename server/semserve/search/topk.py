@@ -63,6 +63,19 @@ def chunk_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor
     return values, torch.gather(columns, 1, picked)
 
 
+_SIGN_TABLES: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+
+
+def _signs(packed: torch.Tensor, dimension: int, dtype: torch.dtype) -> torch.Tensor:
+    """Packed sign bits (rows, ceil(dimension / 8)) as ±1 (rows, dimension), high bit first."""
+    key = (packed.device, dtype)
+    table = _SIGN_TABLES.get(key)
+    if table is None:
+        bits = (torch.arange(256).unsqueeze(1) >> torch.arange(7, -1, -1)) & 1
+        table = _SIGN_TABLES[key] = (bits * 2 - 1).to(device=packed.device, dtype=dtype)
+    return table[packed.long()].reshape(packed.shape[0], -1)[:, :dimension]
+
+
 def shard_topk(
     matrix: torch.Tensor,
     used_rows: int,
@@ -91,6 +104,8 @@ def shard_topk(
         chunk = matrix[start:stop]
         if chunk.dtype == torch.int8:  # int8 storage: widened a chunk at a time (search/compact.py)
             chunk = chunk.to(queries.dtype)
+        elif chunk.dtype == torch.uint8:  # binary storage: packed signs expanded to ±1
+            chunk = _signs(chunk, queries.shape[1], queries.dtype)
         scores = torch.matmul(queries, chunk.T)
         if mask is not None:
             scores.masked_fill_(~mask[start:stop], NEG_INF)
@@ -148,8 +163,8 @@ def exact_topk(
     for matrix, used_rows, mask in shards:
         if used_rows == 0:
             continue
-        dtype = matrix.dtype if matrix.dtype != torch.int8 else (torch.float32 if matrix.device.type == "cpu"
-                                                                  else torch.float16)
+        compact = matrix.dtype in (torch.int8, torch.uint8)  # search/compact.py: scored in floating point
+        dtype = matrix.dtype if not compact else (torch.float32 if matrix.device.type == "cpu" else torch.float16)
         q = queries.to(device=matrix.device, dtype=dtype, non_blocking=True)
         launched.append(shard_topk(matrix, used_rows, q, k, step, mask))
     if not launched:
