@@ -6,6 +6,7 @@ Kept free of torch so the supervisor can check the metrics port before an engine
 from __future__ import annotations
 
 import logging
+import socket
 
 from semserve.config import ConfigError, ServerConfig
 
@@ -14,6 +15,24 @@ log = logging.getLogger("semserve")
 
 def metrics_address(config: ServerConfig) -> tuple[str, int]:
     return config.metrics_host or config.host, config.metrics_port
+
+
+def _cannot_bind(host: str, port: int, exc: OSError) -> ConfigError:
+    return ConfigError(f"cannot bind the metrics port {host}:{port}: {exc.strerror or exc}")
+
+
+def check_metrics_port(config: ServerConfig) -> None:
+    """ConfigError when /metrics could not bind its port (the supervisor asks before any child
+    starts; the engine process binds it for real)."""
+    if not config.metrics_port:
+        return
+    host, port = metrics_address(config)
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as exc:
+        raise _cannot_bind(host, port, exc) from None
 
 
 def bind_metrics(config: ServerConfig) -> None:
@@ -27,7 +46,7 @@ def bind_metrics(config: ServerConfig) -> None:
     try:
         start_http_server(port, addr=host)
     except OSError as exc:
-        raise ConfigError(f"cannot bind the metrics port {host}:{port}: {exc.strerror or exc}") from None
+        raise _cannot_bind(host, port, exc) from None
 
 
 def metrics_description(config: ServerConfig) -> str:

@@ -12,6 +12,8 @@ from typing import Protocol
 import numpy as np
 
 from semserve.core.types import (
+    DEFAULT_RESCORE_MULTIPLIER,
+    FLOAT_STORAGE,
     CollectionDescriptor,
     EncodeResult,
     EngineInfo,
@@ -46,8 +48,8 @@ class Core(Protocol):
 
     # -- collections -----------------------------------------------------------------------
     async def create_collection(self, name: str, model: str, dimension: int, metric: str,
-                                document_prompt: str = "", query_prompt: str = "", storage: str = "float",
-                                rescore_multiplier: int = 4) -> CollectionDescriptor: ...
+                                document_prompt: str = "", query_prompt: str = "", storage: str = FLOAT_STORAGE,
+                                rescore_multiplier: int = DEFAULT_RESCORE_MULTIPLIER) -> CollectionDescriptor: ...
 
     async def drop_collection(self, name: str) -> None: ...
 

@@ -17,6 +17,11 @@ ENCODER = "encoder"
 CROSS_ENCODER = "cross_encoder"
 COSINE = "cosine"
 DOT = "dot"
+# How a collection's shards hold its vectors (search/compact.py), and how many candidates per
+# result a compact scan hands to exact rescoring unless the collection says otherwise.
+FLOAT_STORAGE, INT8_STORAGE, BINARY_STORAGE = "float", "int8", "binary"
+STORAGES = (FLOAT_STORAGE, INT8_STORAGE, BINARY_STORAGE)
+DEFAULT_RESCORE_MULTIPLIER = 4
 # Collection names: also folder names under the data dir, so nothing that could escape it.
 COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -224,8 +229,8 @@ class CollectionDescriptor:
     durable: bool = False
     document_prompt: str = ""
     query_prompt: str = ""
-    storage: str = "float"
-    rescore_multiplier: int = 4
+    storage: str = FLOAT_STORAGE
+    rescore_multiplier: int = DEFAULT_RESCORE_MULTIPLIER
     state: str = "ready"  # READY, or FAILED with failure_reason (see search/store.py)
     failure_reason: str = ""
     failure_code: str = ""  # the status name its calls answer while FAILED

@@ -22,10 +22,13 @@ from semserve.core.errors import CollectionFailed, FailedPrecondition, InvalidAr
 from semserve.core.types import (
     COSINE,
     CROSS_ENCODER,
+    DEFAULT_RESCORE_MULTIPLIER,
     DOT,
     ENCODER,
     FAILED,
+    FLOAT_STORAGE,
     READY,
+    STORAGES,
     CollectionDescriptor,
     EncodeResult,
     EngineInfo,
@@ -44,7 +47,6 @@ from semserve.engine.stats import SEARCH_SECONDS, record_request
 from semserve.engine.runtime.devices import resolve_devices
 from semserve.models.errors import ModelLoadError
 from semserve.search.collection import Collection
-from semserve.search.compact import FLOAT, STORAGES
 from semserve.search.store import CollectionStore
 
 log = logging.getLogger(__name__)
@@ -213,8 +215,8 @@ class Engine:
                                     failure_code=CollectionFailed.code)
 
     async def create_collection(self, name: str, model: str, dimension: int, metric: str,
-                                document_prompt: str = "", query_prompt: str = "", storage: str = "float",
-                                rescore_multiplier: int = 4) -> CollectionDescriptor:
+                                document_prompt: str = "", query_prompt: str = "", storage: str = FLOAT_STORAGE,
+                                rescore_multiplier: int = DEFAULT_RESCORE_MULTIPLIER) -> CollectionDescriptor:
         if metric not in METRICS:
             raise InvalidArgument(f"unknown metric {metric!r}")
         if not 1 <= dimension <= self.config.limits.max_dimension:
@@ -227,7 +229,7 @@ class Engine:
                 raise InvalidArgument(f"dimension {dimension} does not match model {model!r}'s {hosted.dimension}")
         if storage not in STORAGES:
             raise InvalidArgument(f"unknown storage {storage!r}")
-        if storage != FLOAT and metric != COSINE:
+        if storage != FLOAT_STORAGE and metric != COSINE:
             raise InvalidArgument(f"{storage} storage needs the cosine metric (it is made for unit vectors)")
         if not 1 <= rescore_multiplier <= 100:
             raise InvalidArgument(f"rescore_multiplier must be in 1..100, got {rescore_multiplier}")

@@ -85,6 +85,19 @@ class Inference:
             self._metrics.observe_tokenize(model.name, seconds)
         return tokenized, seconds
 
+    async def _tokenize_and_run(self, model: ModelDescriptor, tokenizer: TextTokenizer, inputs: Sequence[TextInput],
+                                truncate: bool, what: str, run, truncate_left: bool = False):
+        """Tokenize, then ``run(batch)`` on the engine, each in its trace span; the result's Timing
+        includes the tokenization."""
+        with self._tracing.span("tokenize", **{"semserve.model": model.name, "semserve.inputs": len(inputs)}):
+            tokenized, tokenization_s = await self.tokenize(model, tokenizer, inputs, truncate, what, truncate_left)
+        with self._tracing.span("engine", **{"semserve.model": model.name}) as span:
+            started = now_ns()
+            result = await run(tokenized.batch)
+            self._tracing.engine_phases(span, started, result.timing)
+        result.timing.tokenization_s += tokenization_s
+        return tokenized, result
+
     async def embed(
         self, model_name: str, texts: Sequence[str], truncate: bool, normalize: bool, deadline: float | None,
         dimensions: int | None = None, truncate_left: bool = False, prompt_name: str | None = None,
@@ -97,13 +110,9 @@ class Inference:
         if dimensions is not None and not 1 <= dimensions <= model.dimension:
             raise invalid_argument(
                 f"dimensions must be in 1..{model.dimension} (model {model.name!r}'s dimension), got {dimensions}")
-        with self._tracing.span("tokenize", **{"semserve.model": model.name, "semserve.inputs": len(texts)}):
-            tokenized, tokenization_s = await self.tokenize(model, tokenizer, texts, truncate, "text", truncate_left)
-        with self._tracing.span("engine", **{"semserve.model": model.name}) as span:
-            started = now_ns()
-            result = await self.core.encode(model.name, tokenized.batch, deadline)
-            self._tracing.engine_phases(span, started, result.timing)
-        result.timing.tokenization_s += tokenization_s
+        tokenized, result = await self._tokenize_and_run(
+            model, tokenizer, texts, truncate, "text", lambda batch: self.core.encode(model.name, batch, deadline),
+            truncate_left)
         vectors = result.vectors if dimensions is None else result.vectors[:, :dimensions]
         vectors = l2_normalize(vectors) if normalize else vectors
         return Outcome(model, vectors, tokenized, result.timing)
@@ -115,11 +124,6 @@ class Inference:
         """One relevance score per document, in input order."""
         model, tokenizer = await self.models.get(model_name, CROSS_ENCODER)
         pairs = [(query, d) for d in documents]
-        with self._tracing.span("tokenize", **{"semserve.model": model.name, "semserve.inputs": len(pairs)}):
-            tokenized, tokenization_s = await self.tokenize(model, tokenizer, pairs, truncate, "pair")
-        with self._tracing.span("engine", **{"semserve.model": model.name}) as span:
-            started = now_ns()
-            result = await self.core.score(model.name, tokenized.batch, raw, deadline)
-            self._tracing.engine_phases(span, started, result.timing)
-        result.timing.tokenization_s += tokenization_s
+        tokenized, result = await self._tokenize_and_run(
+            model, tokenizer, pairs, truncate, "pair", lambda batch: self.core.score(model.name, batch, raw, deadline))
         return Outcome(model, result.scores, tokenized, result.timing)

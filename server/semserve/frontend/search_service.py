@@ -16,7 +16,8 @@ import numpy as np
 from semserve.config import RequestLimits
 from semserve.core.errors import CoreError, FailedPrecondition, NoModelOfKind
 from semserve.core.types import (
-    COLLECTION_NAME, COSINE, CROSS_ENCODER, DOT, ENCODER, FAILED, READY, CollectionDescriptor, Hit, Timing,
+    BINARY_STORAGE, COLLECTION_NAME, COSINE, CROSS_ENCODER, DEFAULT_RESCORE_MULTIPLIER, DOT, ENCODER, FAILED,
+    FLOAT_STORAGE, INT8_STORAGE, READY, CollectionDescriptor, Hit, Timing,
 )
 from semserve.frontend.errors import invalid_argument, status_for, unary_rpc
 from semserve.frontend.inference import Inference, deadline_of
@@ -25,8 +26,8 @@ from semserve_client.v1 import search_pb2, search_pb2_grpc
 
 _METRICS = {search_pb2.METRIC_UNSPECIFIED: COSINE, search_pb2.METRIC_COSINE: COSINE, search_pb2.METRIC_DOT: DOT}
 _METRIC_PROTO = {COSINE: search_pb2.METRIC_COSINE, DOT: search_pb2.METRIC_DOT, "": search_pb2.METRIC_UNSPECIFIED}
-_STORAGES = {search_pb2.VECTOR_STORAGE_UNSPECIFIED: "float", search_pb2.VECTOR_STORAGE_INT8: "int8",
-             search_pb2.VECTOR_STORAGE_BINARY: "binary"}
+_STORAGES = {search_pb2.VECTOR_STORAGE_UNSPECIFIED: FLOAT_STORAGE, search_pb2.VECTOR_STORAGE_INT8: INT8_STORAGE,
+             search_pb2.VECTOR_STORAGE_BINARY: BINARY_STORAGE}
 _STORAGE_PROTO = {name: number for number, name in _STORAGES.items()}
 _STATE_PROTO = {READY: search_pb2.COLLECTION_STATE_READY, FAILED: search_pb2.COLLECTION_STATE_FAILED}
 # Upsert messages of one stream being encoded at once; they are still applied in stream order.
@@ -58,11 +59,12 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         self._core = inference.core
         self._limits = limits
 
-    async def _collection(self, name: str) -> CollectionDescriptor:
+    async def _collection(self, name: str, refuse_failed: bool = True) -> CollectionDescriptor:
+        """The collection a call names; a FAILED one raises its status unless only described."""
         if not name:
             raise invalid_argument("collection name is empty")
         collection = await self._core.get_collection(name)
-        if collection.state == FAILED:
+        if refuse_failed and collection.state == FAILED:
             raise CoreError.from_wire(collection.failure_code, collection.failure_reason)
         return collection
 
@@ -86,7 +88,8 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
                                    "VECTOR_STORAGE_INT8 or VECTOR_STORAGE_BINARY")
         collection = await self._core.create_collection(request.name, model_name, dimension, _METRICS[request.metric],
                                                         request.document_prompt, request.query_prompt,
-                                                        _STORAGES[request.storage], request.rescore_multiplier or 4)
+                                                        _STORAGES[request.storage],
+                                                        request.rescore_multiplier or DEFAULT_RESCORE_MULTIPLIER)
         return search_pb2.CreateCollectionResponse(collection=info_proto(collection))
 
     async def _collection_model(self, name: str, dimension: int) -> tuple[str, int]:
@@ -127,10 +130,9 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
 
     @unary_rpc
     async def GetCollection(self, request, context):
-        if not request.name:
-            raise invalid_argument("collection name is empty")
         # A FAILED collection is described (state and reason), not refused.
-        return search_pb2.GetCollectionResponse(collection=info_proto(await self._core.get_collection(request.name)))
+        collection = await self._collection(request.name, refuse_failed=False)
+        return search_pb2.GetCollectionResponse(collection=info_proto(collection))
 
     # -- writes ----------------------------------------------------------------------------
 

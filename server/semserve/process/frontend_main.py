@@ -7,9 +7,9 @@ computes. On SIGTERM it drains: health NOT_SERVING, no new calls, calls in fligh
 from __future__ import annotations
 
 import asyncio
-import signal
 import logging
 import os
+import signal
 import sys
 
 # Each front end tokenizes on its own threads (--tokenizer-threads), one request per thread.

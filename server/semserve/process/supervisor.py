@@ -28,9 +28,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from semserve.config import ServerConfig
+from semserve.config import ConfigError, ServerConfig
 from semserve.process.children import write_config
-from semserve.endpoints import metrics_address, metrics_description, warn_if_exposed
+from semserve.endpoints import check_metrics_port, metrics_description, warn_if_exposed
 
 log = logging.getLogger("semserve")
 
@@ -181,15 +181,11 @@ class Supervisor:
             reserved = reserve_port(cfg.host, cfg.port)
         except OSError as exc:
             raise ChildFailed(f"cannot bind {cfg.host}:{cfg.port}: {exc.strerror or exc}", 2) from None
-        if cfg.metrics_port:  # a clash ends the start here, before the engine loads any model
-            host, port = metrics_address(cfg)
-            try:
-                with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                    probe.bind((host, port))
-            except OSError as exc:
-                reserved.close()
-                raise ChildFailed(f"cannot bind the metrics port {host}:{port}: {exc.strerror or exc}", 2) from None
+        try:  # a metrics port clash ends the start here, before the engine loads any model
+            check_metrics_port(cfg)
+        except ConfigError as exc:
+            reserved.close()
+            raise ChildFailed(str(exc), 2) from None
         warn_if_exposed(cfg)
         self.port = reserved.getsockname()[1]
         frontend_config = dataclasses.replace(cfg, port=self.port)

@@ -62,7 +62,6 @@ class Collection:
         self.matrix = ShardedMatrix(stored_width(spec.storage, spec.dimension), layout.devices, dtypes,
                                     layout.initial_capacity)
         self.lock = threading.Lock()  # the shards and the filter masks
-        self.version = 0
         self.dropped = False
         # Set when the collection can no longer serve (its file was found damaged while
         # writing, or the shards could not take a committed change); every call raises it.
@@ -151,7 +150,6 @@ class Collection:
                 log.exception("search: collection %r FAILED while applying a committed write", self.spec.name)
                 raise type(self.failure)(self.failure.message) from None
             finally:
-                self.version += 1
                 self._mask_cache.clear()
         return deleted
 

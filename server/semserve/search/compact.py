@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import numpy as np
 
-FLOAT, INT8, BINARY = "float", "int8", "binary"
-STORAGES = (FLOAT, INT8, BINARY)
+from semserve.core.types import BINARY_STORAGE as BINARY
+from semserve.core.types import FLOAT_STORAGE as FLOAT
+from semserve.core.types import INT8_STORAGE as INT8
+
 INT8_SCALE = 254.0
-DEFAULT_RESCORE_MULTIPLIER = 4
 
 
 def int8_rows(vectors: np.ndarray) -> np.ndarray:

@@ -31,11 +31,12 @@ import urllib.parse
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from semserve.core.errors import CoreError, DataLoss, DiskFull, Unavailable
+from semserve.core.types import DEFAULT_RESCORE_MULTIPLIER, FLOAT_STORAGE
 from semserve.search.wal_check import wal_damage
 
 log = logging.getLogger(__name__)
@@ -68,8 +69,8 @@ class CollectionSpec:
     query_prompt: str = ""
     # How the shards hold vectors: "float" (--search-dtype) or "int8" (search/compact.py), and
     # how many candidates per result an int8 scan hands to exact rescoring.
-    storage: str = "float"
-    rescore_multiplier: int = 4
+    storage: str = FLOAT_STORAGE
+    rescore_multiplier: int = DEFAULT_RESCORE_MULTIPLIER
 
 
 @dataclass
@@ -127,13 +128,17 @@ def _vector_bytes(vectors: np.ndarray) -> list[bytes]:
     return [row.tobytes() for row in rows]
 
 
+def _vector(blob: bytes) -> np.ndarray:
+    return np.frombuffer(blob, dtype="<f4").astype(np.float32)
+
+
 def read_spec(connection: sqlite3.Connection) -> CollectionSpec:
     raw = dict(connection.execute("SELECT key, value FROM spec").fetchall())
     if int(raw.get("format", 0)) != FORMAT:
         raise DatabaseDamaged(f"unknown collection file format {raw.get('format')!r} (this server reads {FORMAT})")
     return CollectionSpec(raw["name"], raw["model"], int(raw["dimension"]), raw["metric"],
-                          raw.get("document_prompt", ""), raw.get("query_prompt", ""), raw.get("storage", "float"),
-                          int(raw.get("rescore_multiplier", 4)))
+                          raw.get("document_prompt", ""), raw.get("query_prompt", ""), raw.get("storage", FLOAT_STORAGE),
+                          int(raw.get("rescore_multiplier", DEFAULT_RESCORE_MULTIPLIER)))
 
 
 class CollectionDatabase:
@@ -271,34 +276,27 @@ class CollectionDatabase:
         finally:
             self._readers.put(connection)
 
+    def _rows_by_id(self, columns: str, ids: Iterable[str], doing: str) -> list[tuple]:
+        """``SELECT id, columns`` of the ids present, a bounded number of ids per query."""
+        unique = list(dict.fromkeys(ids))
+        rows: list[tuple] = []
+        with self._reader(doing) as connection:
+            for start in range(0, len(unique), _IDS_PER_QUERY):
+                chunk = unique[start : start + _IDS_PER_QUERY]
+                query = f"SELECT id, {columns} FROM documents WHERE id IN ({','.join('?' * len(chunk))})"
+                rows.extend(connection.execute(query, chunk))
+        return rows
+
     def documents(self, ids: Sequence[str], with_vectors: bool = True
                   ) -> dict[str, tuple[str, dict[str, str], np.ndarray | None]]:
         """Text, metadata and (when asked) the stored vector of each id present, by id."""
-        found: dict[str, tuple[str, dict[str, str], np.ndarray | None]] = {}
-        unique = list(dict.fromkeys(ids))
-        columns = "id, text, metadata, vector" if with_vectors else "id, text, metadata, NULL"
-        with self._reader("read documents") as connection:
-            for start in range(0, len(unique), _IDS_PER_QUERY):
-                chunk = unique[start : start + _IDS_PER_QUERY]
-                marks = ",".join("?" * len(chunk))
-                query = f"SELECT {columns} FROM documents WHERE id IN ({marks})"
-                for doc_id, text, metadata, vector in connection.execute(query, chunk):
-                    if vector is not None:
-                        vector = np.frombuffer(vector, dtype="<f4").astype(np.float32)
-                    found[doc_id] = (text, json.loads(metadata), vector)
-        return found
+        columns = "text, metadata, vector" if with_vectors else "text, metadata, NULL"
+        return {doc_id: (text, json.loads(metadata), _vector(vector) if vector is not None else None)
+                for doc_id, text, metadata, vector in self._rows_by_id(columns, ids, "read documents")}
 
-    def vectors(self, ids) -> dict[str, np.ndarray]:
+    def vectors(self, ids: Iterable[str]) -> dict[str, np.ndarray]:
         """The stored float32 vector of each id present."""
-        found: dict[str, np.ndarray] = {}
-        unique = list(dict.fromkeys(ids))
-        with self._reader("read vectors") as connection:
-            for start in range(0, len(unique), _IDS_PER_QUERY):
-                chunk = unique[start : start + _IDS_PER_QUERY]
-                query = f"SELECT id, vector FROM documents WHERE id IN ({','.join('?' * len(chunk))})"
-                for doc_id, vector in connection.execute(query, chunk):
-                    found[doc_id] = np.frombuffer(vector, dtype="<f4").astype(np.float32)
-        return found
+        return {doc_id: _vector(vector) for doc_id, vector in self._rows_by_id("vector", ids, "read vectors")}
 
     def matching(self, where: dict[str, str]) -> list[str]:
         """Ids whose metadata holds every ``key: value`` of ``where`` (an equality filter)."""

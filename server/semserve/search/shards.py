@@ -112,25 +112,6 @@ class ShardedMatrix:
             removed.append(doc_id)
         return removed
 
-    def vectors(self, ids: list[str]) -> np.ndarray:
-        """Stored vectors (float32) of ids that must be present."""
-        out = np.empty((len(ids), self.dimension), dtype=np.float32)
-        for i, doc_id in enumerate(ids):
-            shard_index, row = self.where[doc_id]
-            out[i] = self.shards[shard_index].matrix[row].float().cpu().numpy()
-        return out
-
-    def live_rows(self) -> tuple[list[str], np.ndarray]:
-        """Every live id with its vector (float32, host), shard by shard: what a snapshot holds."""
-        ids: list[str] = []
-        parts = []
-        for shard in self.shards:
-            live = shard.live[: shard.used]
-            parts.append(shard.matrix[: shard.used][live].float().cpu().numpy())
-            ids.extend(i for i in shard.ids if i is not None)
-        matrix = np.concatenate(parts) if parts else np.empty((0, self.dimension), np.float32)
-        return ids, matrix
-
     def dead_fraction(self, shard: Shard) -> float:
         return shard.dead / shard.used if shard.used else 0.0
 

@@ -21,6 +21,7 @@ import torch
 
 from semserve.config import ConfigError, SearchConfig
 from semserve.core.errors import CollectionExists, CollectionFailed, CollectionNotFound, CoreError
+from semserve.core.types import DEFAULT_RESCORE_MULTIPLIER, FLOAT_STORAGE
 from semserve.engine.runtime.devices import resolve_devices, resolve_dtype
 from semserve.search.collection import Collection, Layout
 from semserve.search.database import FILE_NAME, CollectionDatabase, CollectionSpec
@@ -92,7 +93,8 @@ class CollectionStore:
         log.info("search: opened collection %r: %d documents", name, len(collection.matrix))
 
     def create(self, name: str, model: str, dimension: int, metric: str, document_prompt: str = "",
-               query_prompt: str = "", storage: str = "float", rescore_multiplier: int = 4) -> Collection:
+               query_prompt: str = "", storage: str = FLOAT_STORAGE,
+               rescore_multiplier: int = DEFAULT_RESCORE_MULTIPLIER) -> Collection:
         with self._lock:
             if name in self._collections or name in self._failed:
                 raise CollectionExists(f"collection {name!r} already exists")

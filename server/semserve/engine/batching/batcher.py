@@ -227,11 +227,10 @@ class DynamicBatcher:
         await self._wait_for_items()
         worker = await self._wait_for_worker()
         await self._wait_until_ready()
-        batch = self._take_batch()
+        batch, tokens = self._take_batch()
         if not batch:
             worker.release_slot()
             return
-        tokens = sum(int(request.lengths[taken].sum()) for request, taken in batch)
         self._in_flight_tokens += tokens
         task = asyncio.get_running_loop().create_task(worker.process(batch))
         self._dispatched.add(task)
@@ -292,11 +291,12 @@ class DynamicBatcher:
             self._queued_items = sum(len(r.pending) for r in self._queue)
             self._queued_tokens = sum(r.pending_tokens for r in self._queue)
 
-    def _take_batch(self) -> list[BatchPart]:
-        """Cut the batch holding the oldest input from a length-sorted window of the queue head."""
+    def _take_batch(self) -> tuple[list[BatchPart], int]:
+        """Cut the batch holding the oldest input from a length-sorted window of the queue head;
+        returns its parts and their real tokens."""
         self._drop_dead()
         if not self._queue:
-            return []
+            return [], 0
         cfg = self.config
         tokens_before = self._queued_tokens
         window: list[QueuedRequest] = []
@@ -328,5 +328,6 @@ class DynamicBatcher:
         for _ in window:
             self._queue.popleft()
         self._queue.extendleft(reversed([r for r in window if len(r.pending)]))
-        self._observe_drain(tokens_before - self._queued_tokens)
-        return parts
+        taken_tokens = tokens_before - self._queued_tokens
+        self._observe_drain(taken_tokens)
+        return parts, taken_tokens
