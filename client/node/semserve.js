@@ -102,26 +102,41 @@ const DEFAULT_RETRY = {
 
 // grpc-js's own retries, as a service config: full-jitter exponential backoff, bounded attempts,
 // each attempt within the call's deadline.
-function retryChannelOptions(retry) {
-  if (retry === false || retry === null) return { 'grpc.enable_retries': 0 };
+// loadBalancing: 'round_robin' spreads calls over every address the target resolves to (a
+// Kubernetes headless Service through 'dns:///NAME:PORT'); grpc-js's default sends all to one.
+function serviceConfigOptions(retry, loadBalancing) {
+  const config = {};
+  if (loadBalancing !== undefined && loadBalancing !== null) {
+    if (!['pick_first', 'round_robin'].includes(loadBalancing)) {
+      throw new TypeError(`loadBalancing must be 'pick_first' or 'round_robin', got ${loadBalancing}`);
+    }
+    config.loadBalancingConfig = [{ [loadBalancing]: {} }];
+  }
+  const options = { 'grpc.enable_retries': 0 };
+  if (retry !== false && retry !== null) {
+    config.methodConfig = [retryMethodConfig(retry)];
+    options['grpc.enable_retries'] = 1;
+  }
+  if (Object.keys(config).length) options['grpc.service_config'] = JSON.stringify(config);
+  return options;
+}
+
+function retryMethodConfig(retry) {
   const policy = { ...DEFAULT_RETRY, ...(retry || {}) };
   const name = [];
   for (const [service, methods] of Object.entries(IDEMPOTENT_METHODS)) {
     for (const method of methods) name.push({ service, method });
   }
-  const config = {
-    methodConfig: [{
-      name,
-      retryPolicy: {
-        maxAttempts: policy.maxAttempts,
-        initialBackoff: `${policy.initialBackoffMs / 1000}s`,
-        maxBackoff: `${policy.maxBackoffMs / 1000}s`,
-        backoffMultiplier: policy.backoffMultiplier,
-        retryableStatusCodes: policy.retryableStatusCodes,
-      },
-    }],
+  return {
+    name,
+    retryPolicy: {
+      maxAttempts: policy.maxAttempts,
+      initialBackoff: `${policy.initialBackoffMs / 1000}s`,
+      maxBackoff: `${policy.maxBackoffMs / 1000}s`,
+      backoffMultiplier: policy.backoffMultiplier,
+      retryableStatusCodes: policy.retryableStatusCodes,
+    },
   };
-  return { 'grpc.enable_retries': 1, 'grpc.service_config': JSON.stringify(config) };
 }
 
 // PEM contents from a Buffer, or from a file path.
@@ -143,7 +158,7 @@ function channelCredentials(options) {
 class SemserveClient {
   // options: retry (false turns retries off; an object overrides DEFAULT_RETRY's fields:
   // idempotent calls answered UNAVAILABLE or RESOURCE_EXHAUSTED are retried with backoff),
-  // apiKey (sent as 'authorization: Bearer KEY' on every call), tls, caCert,
+  // loadBalancing ('round_robin' spreads calls over every address of the target), apiKey (sent as 'authorization: Bearer KEY' on every call), tls, caCert,
   // clientCert, clientKey (paths or Buffers; any of them turns TLS on), credentials (grpc-js
   // credentials, overriding those), deadline (default for every call, ms or Date),
   // channelOptions (grpc-js channel arguments), metadata (sent with every call).
@@ -156,7 +171,7 @@ class SemserveClient {
       // the server bounds what it sends with --max-message-bytes.
       'grpc.max_receive_message_length': 64 * 1024 * 1024,
       'grpc.max_send_message_length': 64 * 1024 * 1024,
-      ...retryChannelOptions(options.retry),
+      ...serviceConfigOptions(options.retry, options.loadBalancing),
       ...(options.channelOptions || {}),
     };
     this.target = target;

@@ -50,8 +50,8 @@ class RetryPolicy:
     backoff_multiplier: float = 2.0
     retryable_status_codes: tuple[str, ...] = ("UNAVAILABLE", "RESOURCE_EXHAUSTED")
 
-    def service_config(self) -> str:
-        return json.dumps({"methodConfig": [{
+    def method_config(self) -> dict:
+        return {
             "name": [{"service": service, "method": method}
                      for service, methods in IDEMPOTENT_METHODS.items() for method in methods],
             "retryPolicy": {
@@ -61,16 +61,30 @@ class RetryPolicy:
                 "backoffMultiplier": self.backoff_multiplier,
                 "retryableStatusCodes": list(self.retryable_status_codes),
             },
-        }]})
+        }
+
+    def service_config(self) -> str:
+        return json.dumps({"methodConfig": [self.method_config()]})
 
 
 DEFAULT_RETRY = RetryPolicy()
 
+# gRPC's default policy (pick_first) sends every call of a channel to one address. With
+# "round_robin" and a target that resolves to several (a Kubernetes headless Service through
+# "dns:///NAME:PORT", or "ipv4:A:P,B:P"), calls are spread over every ready address.
+LOAD_BALANCING_POLICIES = ("pick_first", "round_robin")
 
-def _options(retry: RetryPolicy | None) -> list[tuple[str, object]]:
-    if retry is None:
-        return [*CHANNEL_OPTIONS, ("grpc.enable_retries", 0)]
-    return [*CHANNEL_OPTIONS, ("grpc.enable_retries", 1), ("grpc.service_config", retry.service_config())]
+
+def _options(retry: RetryPolicy | None, load_balancing: str | None = None) -> list[tuple[str, object]]:
+    config: dict[str, object] = {}
+    if retry is not None:
+        config["methodConfig"] = [retry.method_config()]
+    if load_balancing is not None:
+        if load_balancing not in LOAD_BALANCING_POLICIES:
+            raise ValueError(f"load_balancing must be one of {LOAD_BALANCING_POLICIES}, got {load_balancing!r}")
+        config["loadBalancingConfig"] = [{load_balancing: {}}]
+    options = [*CHANNEL_OPTIONS, ("grpc.enable_retries", int(retry is not None))]
+    return [*options, ("grpc.service_config", json.dumps(config))] if config else options
 
 
 def _pem(source: PemSource) -> bytes | None:
@@ -144,9 +158,10 @@ class _AsyncApiKey(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamCli
 
 def open_channel(target: str, *, tls: bool = False, ca_cert: PemSource = None, client_cert: PemSource = None,
                  client_key: PemSource = None, api_key: str | None = None,
-                 retry: RetryPolicy | None = DEFAULT_RETRY) -> grpc.Channel:
-    """A blocking channel; TLS when ``tls`` or any certificate is given; ``retry=None`` turns retries off."""
-    options = _options(retry)
+                 retry: RetryPolicy | None = DEFAULT_RETRY, load_balancing: str | None = None) -> grpc.Channel:
+    """A blocking channel; TLS when ``tls`` or any certificate is given; ``retry=None`` turns retries off;
+    ``load_balancing="round_robin"`` spreads calls over every address the target resolves to."""
+    options = _options(retry, load_balancing)
     if tls or ca_cert is not None or client_cert is not None:
         channel = grpc.secure_channel(target, channel_credentials(ca_cert, client_cert, client_key), options)
     else:
@@ -156,10 +171,11 @@ def open_channel(target: str, *, tls: bool = False, ca_cert: PemSource = None, c
 
 def open_aio_channel(target: str, *, tls: bool = False, ca_cert: PemSource = None, client_cert: PemSource = None,
                      client_key: PemSource = None, api_key: str | None = None,
-                     retry: RetryPolicy | None = DEFAULT_RETRY) -> grpc.aio.Channel:
+                     retry: RetryPolicy | None = DEFAULT_RETRY,
+                     load_balancing: str | None = None) -> grpc.aio.Channel:
     """An asyncio channel, as ``open_channel``."""
     interceptors = [_AsyncApiKey(api_key)] if api_key else None
-    options = _options(retry)
+    options = _options(retry, load_balancing)
     if tls or ca_cert is not None or client_cert is not None:
         return grpc.aio.secure_channel(target, channel_credentials(ca_cert, client_cert, client_key), options,
                                        interceptors=interceptors)

@@ -41,15 +41,18 @@ class SemserveClient(_Stubs):
 
     ``api_key`` is sent on every call; ``tls`` (or any of ``ca_cert``, ``client_cert``/``client_key``,
     as paths or PEM bytes) makes the channel TLS, mTLS with a client certificate. Idempotent calls
-    answered UNAVAILABLE or RESOURCE_EXHAUSTED are retried with backoff (``retry``; None: off)."""
+    answered UNAVAILABLE or RESOURCE_EXHAUSTED are retried with backoff (``retry``; None: off).
+    ``load_balancing="round_robin"`` spreads calls over every address of the target (e.g.
+    ``dns:///semserve-headless.NAMESPACE.svc.cluster.local:50051`` in Kubernetes)."""
 
     def __init__(self, target: str = DEFAULT_TARGET, timeout: float | None = 60.0, channel: grpc.Channel | None = None,
                  *, api_key: str | None = None, tls: bool = False, ca_cert: PemSource = None,
                  client_cert: PemSource = None, client_key: PemSource = None,
-                 retry: RetryPolicy | None = DEFAULT_RETRY):
+                 retry: RetryPolicy | None = DEFAULT_RETRY, load_balancing: str | None = None):
         self.timeout = timeout
         self._bind(channel or open_channel(target, tls=tls, ca_cert=ca_cert, client_cert=client_cert,
-                                           client_key=client_key, api_key=api_key, retry=retry))
+                                           client_key=client_key, api_key=api_key, retry=retry,
+                                           load_balancing=load_balancing))
 
     def close(self) -> None:
         self.channel.close()
@@ -153,10 +156,11 @@ class AsyncSemserveClient(_Stubs):
     def __init__(self, target: str = DEFAULT_TARGET, timeout: float | None = 60.0,
                  channel: grpc.aio.Channel | None = None, *, api_key: str | None = None, tls: bool = False,
                  ca_cert: PemSource = None, client_cert: PemSource = None, client_key: PemSource = None,
-                 retry: RetryPolicy | None = DEFAULT_RETRY):
+                 retry: RetryPolicy | None = DEFAULT_RETRY, load_balancing: str | None = None):
         self.timeout = timeout
         self._bind(channel or open_aio_channel(target, tls=tls, ca_cert=ca_cert, client_cert=client_cert,
-                                               client_key=client_key, api_key=api_key, retry=retry))
+                                               client_key=client_key, api_key=api_key, retry=retry,
+                                               load_balancing=load_balancing))
 
     async def close(self) -> None:
         await self.channel.close()
