@@ -356,3 +356,71 @@ def test_admission_counts_on_the_rate_the_queue_really_drains_at():
     assert 100 < observed < 400, observed  # ~200 tokens/s
     assert queued > 50  # ms, at the observed rate
     assert refused is not None and "would wait about" in refused
+
+
+class LaunchingRunner(FakeRunner):
+    """A runner that launches asynchronously, as on a GPU: ``launch`` returns at once and
+    ``collect`` waits until the batch is released, so a test sees the next batch launched
+    while the one before it is still "on the device"."""
+
+    def __init__(self):
+        super().__init__()
+        self.launched: list[list] = []
+        self.released: dict[int, threading.Event] = {}
+        self.collected: list[list] = []
+
+    def launch(self, prepared):
+        self.launched.append(prepared)
+        release = self.released.setdefault(len(self.launched) - 1, threading.Event())
+        return len(self.launched) - 1, prepared, release
+
+    def collect(self, handle):
+        index, prepared, release = handle
+        release.wait(10)
+        self.collected.append(prepared)
+        if "boom" in [LABELS.get(p) for p in prepared]:
+            raise RuntimeError("device error")
+        return np.asarray(prepared, dtype=np.float32)[:, None]
+
+
+def test_a_launching_runner_gets_the_next_batch_before_the_first_is_collected():
+    async def main():
+        runner = LaunchingRunner()
+        batcher, _, stats = make(BatchingConfig(max_queue_delay_us=0, max_batch_size=1, worker_pipeline_depth=3),
+                                 runner)
+        first = submit(batcher, [("a", 3)])
+        second = submit(batcher, [("b", 3)])
+        for _ in range(200):
+            if len(runner.launched) == 2:
+                break
+            await asyncio.sleep(0.005)
+        assert [named(b) for b in runner.launched] == [["a"], ["b"]]
+        assert runner.collected == []  # both launched, neither waited for
+        runner.released[0].set()
+        assert labels(await first) == ["a"]
+        assert not second.done()
+        runner.released[1].set()
+        assert labels(await second) == ["b"]
+        await batcher.stop()
+
+    asyncio.run(main())
+
+
+def test_a_batch_that_fails_on_the_device_fails_its_requests_and_not_the_next():
+    async def main():
+        runner = LaunchingRunner()
+        batcher, _, _ = make(BatchingConfig(max_queue_delay_us=0, max_batch_size=1, worker_pipeline_depth=3), runner)
+        bad = submit(batcher, [("boom", 3)])
+        good = submit(batcher, [("fine", 3)])
+        for _ in range(200):
+            if len(runner.launched) == 2:
+                break
+            await asyncio.sleep(0.005)
+        runner.released[0].set()
+        runner.released[1].set()
+        with pytest.raises(RuntimeError, match="device error"):
+            await bad
+        assert labels(await good) == ["fine"]
+        await batcher.stop()
+
+    asyncio.run(main())

@@ -35,7 +35,8 @@ class BatchingConfig:
     # above apply.
     max_queue_time_ms: float = 2000.0
     # Batches a worker holds at once: one computing, the next being prepared (padding,
-    # host-to-device copy) meanwhile.
+    # host-to-device copy) meanwhile; on a GPU one more, queued on the device behind the one
+    # computing (engine/runtime/worker.py).
     worker_pipeline_depth: int = 2
     # "measured": at start (and on LoadModel) each model is timed on its devices and the batch
     # budget and size cap are chosen from the measurement (engine/runtime/calibration.py);

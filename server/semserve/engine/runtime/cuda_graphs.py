@@ -6,20 +6,26 @@ captured graph costs a few launches. A batch is copied into the static input ten
 smallest bucket that holds it; rows and columns beyond it are padding (masked), so results are
 the same as eager up to floating-point reassociation in kernels of another shape.
 
-Graphs are captured on first use, from the compute thread that replays them, and share one
-memory pool (replays never overlap: one compute thread per device).
+Graphs are captured ahead at load, smallest shapes first, within a time budget
+(``capture_ahead``); any left are captured on first use. A capture takes tens of milliseconds
+during which that device computes nothing, so capturing while serving shows up as latency
+spikes. All graphs share one memory pool (replays never overlap: one compute thread per device).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 import torch
 
 log = logging.getLogger(__name__)
 
-BATCH_BUCKETS = (1, 4, 16, 64, 128, 256, 512)
+# Rows of padding cost GPU time like real rows: above 32, buckets are at most 32 rows apart up
+# to 256 (a 151-text batch replays 160 rows, not 256), 64 apart beyond. More buckets are more
+# graphs to capture, each once, on first use.
+BATCH_BUCKETS = (1, 4, 16, 32, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512)
 LENGTH_STEP = 32
 
 
@@ -82,6 +88,31 @@ class GraphedForward:
         entry.mask[rows:, 0] = 1  # padding rows attend to one token: no fully masked row
         entry.graph.replay()
         return entry.out[:rows]
+
+    def bucket_keys(self) -> list[tuple[int, int]]:
+        """Every (batch, length) bucket a batch can land in, cheapest first."""
+        lengths = sorted({min(n, self.max_width) for n in range(LENGTH_STEP, self.max_width + LENGTH_STEP, LENGTH_STEP)})
+        return sorted(((b, n) for b in self.batch_buckets for n in lengths), key=lambda k: (k[0] * k[1], k))
+
+    def capture_ahead(self, budget_s: float) -> tuple[int, int, float]:
+        """Capture the buckets not captured yet until ``budget_s`` is spent; returns (captured
+        now, buckets in all, seconds). Call with no other work on the device."""
+        started = time.monotonic()
+        keys = self.bucket_keys()
+        captured = 0
+        for key in keys:
+            if not self.enabled or time.monotonic() - started > budget_s:
+                break
+            if key in self._graphs:
+                continue
+            try:
+                self._capture(key)
+                captured += 1
+            except Exception:
+                log.warning("CUDA graph capture failed; this replica runs eagerly from now on", exc_info=True)
+                self.enabled = False
+                torch.cuda.synchronize(self.device)
+        return captured, len(keys), time.monotonic() - started
 
     def _capture(self, key: tuple[int, int]) -> _Graph:
         batch, length = key

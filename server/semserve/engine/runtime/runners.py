@@ -97,6 +97,14 @@ class ModelRunner:
         """The CUDA graph replayer, or None (CPU, or graphs off)."""
         return self._forward if self._forward is not self.model else None
 
+    def capture_graphs(self, budget_s: float) -> tuple[int, int, float] | None:
+        """Capture this replica's CUDA graphs ahead of serving (see cuda_graphs.py); None
+        without graphs."""
+        if self.graphs is None:
+            return None
+        with torch.inference_mode(), self._kernels():
+            return self.graphs.capture_ahead(budget_s)
+
     def forward_shape(self, rows: int, length: int) -> None:
         """One forward pass of a full (rows, length) batch, as serving runs it (for calibration)."""
         ids = torch.full((rows, length), self._pad_id + 1, dtype=torch.long, device=self._device)
@@ -107,6 +115,29 @@ class ModelRunner:
         return pad_parts(parts, self._pad_id, self._device)
 
     def run(self, batch: PaddedBatch) -> np.ndarray:
+        return self.collect(self.launch(batch))
+
+    def launch(self, batch: PaddedBatch) -> np.ndarray | tuple[torch.Tensor, torch.cuda.Event]:
+        """Queue the forward pass and the copy of its outputs to host memory. On a GPU this
+        returns before the device has run it (the outputs are in a page-locked buffer once the
+        event completes; the next batch's work queues behind it on the same stream, which also
+        keeps a CUDA graph's static output intact until copied). Elsewhere it runs to the end."""
         with torch.inference_mode(), self._kernels():
-            out = self._forward(batch.input_ids, batch.attention_mask, batch.token_type_ids)
-            return out.float().cpu().numpy()
+            out = self._forward(batch.input_ids, batch.attention_mask, batch.token_type_ids).float()
+            if self._device.type != "cuda":
+                return out.cpu().numpy()
+            host = torch.empty(out.shape, dtype=torch.float32, pin_memory=True)
+            host.copy_(out, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record()
+            return host, done
+
+    @staticmethod
+    def collect(handle: np.ndarray | tuple[torch.Tensor, torch.cuda.Event]) -> np.ndarray:
+        """Wait (without the GIL) for a launched batch and return its rows; the page-locked
+        buffer is copied out so that it returns to torch's cache at once."""
+        if isinstance(handle, np.ndarray):
+            return handle
+        host, done = handle
+        done.synchronize()
+        return host.numpy().copy()
