@@ -140,3 +140,20 @@ def test_an_explicit_value_overrides_the_measurement(tiny_folder):
         handle.stop()
     assert batching.policy == "measured" and batching.max_batch_size == 3
     assert batching.max_batch_tokens >= 64  # still measured
+
+
+def small_cpu_like(batch: int, length: int) -> float:
+    """A 2-core CPU as measured with MiniLM: ~13 ms fixed per pass, then ~6k tokens/s."""
+    return 0.0125 + batch * length / 6e3
+
+
+def test_the_per_batch_cost_of_serving_moves_the_budget_to_where_it_is_amortised():
+    points = table(small_cpu_like)
+    bare = choose(points, MAX_TOKENS, per_batch_s=0.0)
+    charged = choose(points, MAX_TOKENS)
+    assert charged.max_batch_tokens > bare.max_batch_tokens
+    # At the chosen budget a served pass (its time plus one smallest pass) keeps >= 90% of the best.
+    extra = small_cpu_like(1, LENGTHS[0])
+    budget = charged.max_batch_tokens
+    assert budget / (small_cpu_like(1, budget) + extra) >= 0.9 * 6e3 * 0.97
+    assert charged.points == points  # what was measured is kept as measured

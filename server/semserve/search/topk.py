@@ -1,7 +1,9 @@
 """Exact top-k by chunked scoring: pure functions over tensors, no state.
 
 Each shard is scored in steps of ``chunk_rows`` rows, so the score buffer is bounded by
-queries x chunk_rows whatever the corpus size. A step is one matmul and one ``torch.topk`` on the
+queries x chunk_rows whatever the corpus size. On a GPU (fp16/bf16 shards, k <= MAX_FUSED_K)
+a Triton kernel reduces scores to group maxima as it computes them (``grouped_shard_topk``,
+search/group_max.py) and no score matrix is written at all. A step is one matmul and one ``torch.topk`` on the
 shard's device; the running best list stays on the device too, so a GPU shard is searched without
 any host round trip until its final k candidates come back. Shards are then merged on the host.
 """
@@ -12,7 +14,11 @@ from dataclasses import dataclass
 
 import torch
 
+from semserve.search.group_max import GROUP, group_max_reference, group_max_triton, triton_available
+
 NEG_INF = float("-inf")
+# The fused path rescores k x GROUP rows per query; beyond this k the chunked path is cheaper.
+MAX_FUSED_K = 128
 # Scores per block in the two-level selection of ``chunk_topk``.
 BLOCK = 64
 
@@ -122,6 +128,58 @@ def shard_topk(
     return ShardHits(best_scores.float(), best_rows)
 
 
+def fused_applies(matrix: torch.Tensor, k: int) -> bool:
+    """Whether a shard is searched by the fused kernel (search/group_max.py): a CUDA shard in
+    fp16 or bf16, Triton importable, k small enough for the rescoring."""
+    return (matrix.device.type == "cuda" and matrix.dtype in (torch.float16, torch.bfloat16)
+            and k <= MAX_FUSED_K and triton_available())
+
+
+def grouped_shard_topk(
+    matrix: torch.Tensor,
+    used_rows: int,
+    queries: torch.Tensor,
+    k: int,
+    step_rows: int,
+    mask: torch.Tensor | None = None,
+    group_max=group_max_reference,
+) -> ShardHits:
+    """``shard_topk`` through group maxima: ``group_max`` gives, per query, the best score of
+    every GROUP consecutive rows (one kernel on a GPU, no score matrix in memory); the k groups
+    with the best maxima are kept across steps, and only their rows are scored exactly.
+
+    Exact: a row outside those groups has k group maxima at least as large above it, so it is
+    not in the top k (ties aside). ``step_rows`` (a multiple of GROUP) bounds the maxima buffer.
+    """
+    num_queries = queries.shape[0]
+    device = matrix.device
+    step_rows = max(GROUP, step_rows // GROUP * GROUP)
+    kept_maxima, kept_groups = [], []
+    for start in range(0, used_rows, step_rows):
+        stop = min(start + step_rows, used_rows)
+        valid = mask[start:stop] if mask is not None else None
+        maxima = group_max(queries, matrix[start:stop], valid)
+        keep = min(k, maxima.shape[1])
+        values, groups = torch.topk(maxima, keep, dim=1, sorted=False)
+        kept_maxima.append(values)
+        kept_groups.append(groups + start // GROUP)
+    maxima = torch.cat(kept_maxima, dim=1)
+    groups = torch.cat(kept_groups, dim=1)
+    if maxima.shape[1] > k:
+        _, picked = torch.topk(maxima, k, dim=1, sorted=False)
+        groups = torch.gather(groups, 1, picked)
+    rows = (groups.unsqueeze(2) * GROUP + torch.arange(GROUP, device=device)).reshape(num_queries, -1)
+    outside = rows >= used_rows
+    rows = rows.clamp_(max=used_rows - 1)
+    candidates = matrix[rows]  # (queries, groups x GROUP, dim)
+    scores = torch.bmm(candidates, queries.unsqueeze(2)).squeeze(2)
+    scores.masked_fill_(outside, NEG_INF)
+    if mask is not None:
+        scores.masked_fill_(~mask[rows], NEG_INF)
+    best, picked = torch.topk(scores, min(k, scores.shape[1]), dim=1, sorted=False)
+    return ShardHits(best.float(), torch.gather(rows, 1, picked))
+
+
 def merge_topk(
     per_shard: list[tuple[torch.Tensor, torch.Tensor]], k: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -166,7 +224,11 @@ def exact_topk(
         compact = matrix.dtype in (torch.int8, torch.uint8)  # search/compact.py: scored in floating point
         dtype = matrix.dtype if not compact else (torch.float32 if matrix.device.type == "cpu" else torch.float16)
         q = queries.to(device=matrix.device, dtype=dtype, non_blocking=True)
-        launched.append(shard_topk(matrix, used_rows, q, k, step, mask))
+        if fused_applies(matrix, k):
+            # The buffer holds one maximum per GROUP rows: GROUP times the rows per step.
+            launched.append(grouped_shard_topk(matrix, used_rows, q, k, step * GROUP, mask, group_max_triton))
+        else:
+            launched.append(shard_topk(matrix, used_rows, q, k, step, mask))
     if not launched:
         return [[] for _ in range(queries.shape[0])]
     per_shard = []

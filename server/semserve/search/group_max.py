@@ -1,0 +1,114 @@
+"""Scores reduced as they are computed: the maximum of every group of GROUP consecutive rows'
+scores, per query, without the (queries x rows) score matrix ever reaching memory.
+
+Plain ``torch.topk(q @ M.T)`` over 1024 queries and 4M rows writes 8 GB of fp16 scores and
+reads them back; the matmul itself is a fraction of that time (docs/benchmarks.md). A Triton
+kernel computes tiles of scores on tensor cores and writes one maximum per GROUP rows instead,
+GROUP times less. ``topk.grouped_shard_topk`` then keeps the k best groups per query (a row of
+the top k lies in one of them) and scores only their rows exactly.
+
+``group_max_reference`` is the same reduction in plain torch: the CPU tests check the selection
+logic with it, and it is the definition the kernel must match.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+GROUP = 32
+NEG_INF = float("-inf")
+
+
+def group_max_reference(queries: torch.Tensor, rows: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """(queries, ceil(rows / GROUP)) maxima of ``queries @ rows.T`` in the rows' dtype; rows
+    excluded by ``valid`` (and the padding of a ragged last group) score -inf."""
+    scores = torch.matmul(queries, rows.T)
+    if valid is not None:
+        scores = scores.masked_fill(~valid, NEG_INF)
+    n = rows.shape[0]
+    padded = -(-n // GROUP) * GROUP
+    if padded != n:
+        scores = torch.nn.functional.pad(scores, (0, padded - n), value=NEG_INF)
+    return scores.view(queries.shape[0], padded // GROUP, GROUP).amax(dim=2)
+
+
+@functools.cache
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+        import triton.language  # noqa: F401
+    except Exception:  # not installed, or no usable backend
+        return False
+    return True
+
+
+@functools.cache
+def _kernel():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def group_max_kernel(q_ptr, m_ptr, valid_ptr, out_ptr, num_queries, num_rows, dim, num_groups,
+                         stride_q, stride_m, stride_out,
+                         HAS_VALID: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
+                         BLOCK_D: tl.constexpr, GROUP_SIZE: tl.constexpr):
+        # Axis 0 (fastest) walks the query tiles of one row tile, so a row tile read from HBM is
+        # reused from L2 by every query tile.
+        pid_q = tl.program_id(0)
+        pid_n = tl.program_id(1)
+        offs_q = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        acc = tl.zeros((BLOCK_Q, BLOCK_N), dtype=tl.float32)
+        for d0 in range(0, dim, BLOCK_D):
+            offs_d = d0 + tl.arange(0, BLOCK_D)
+            q = tl.load(q_ptr + offs_q[:, None] * stride_q + offs_d[None, :],
+                        mask=(offs_q[:, None] < num_queries) & (offs_d[None, :] < dim), other=0.0)
+            m = tl.load(m_ptr + offs_n[None, :] * stride_m + offs_d[:, None],
+                        mask=(offs_n[None, :] < num_rows) & (offs_d[:, None] < dim), other=0.0)
+            acc += tl.dot(q, m)
+        # Rounded to the storage dtype as a matmul's output would be, so the kernel's maxima and
+        # the exact rescoring agree on which rows are ahead.
+        scores = acc.to(q_ptr.dtype.element_ty).to(tl.float32)
+        keep = offs_n < num_rows
+        if HAS_VALID:
+            keep = keep & (tl.load(valid_ptr + offs_n, mask=offs_n < num_rows, other=0) != 0)
+        scores = tl.where(keep[None, :], scores, float("-inf"))
+        maxima = tl.max(tl.reshape(scores, (BLOCK_Q, BLOCK_N // GROUP_SIZE, GROUP_SIZE)), axis=2)
+        offs_g = pid_n * (BLOCK_N // GROUP_SIZE) + tl.arange(0, BLOCK_N // GROUP_SIZE)
+        tl.store(out_ptr + offs_q[:, None] * stride_out + offs_g[None, :],
+                 maxima.to(out_ptr.dtype.element_ty),
+                 mask=(offs_q[:, None] < num_queries) & (offs_g[None, :] < num_groups))
+
+    return group_max_kernel
+
+
+def group_max_triton(queries: torch.Tensor, rows: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """``group_max_reference`` as one Triton kernel (CUDA, fp16 or bf16 rows and queries)."""
+    import triton
+
+    num_queries, dim = queries.shape
+    num_rows = rows.shape[0]
+    num_groups = -(-num_rows // GROUP)
+    out = torch.empty((num_queries, num_groups), dtype=rows.dtype, device=rows.device)
+    queries = queries.contiguous()
+    if rows.stride(1) != 1:
+        rows = rows.contiguous()
+    # Few queries: the scan is bound by reading the rows, so take more rows per program; many
+    # queries: square tiles for the tensor cores.
+    if num_queries <= 16:
+        block_q, block_n, block_d, warps, stages = 16, 256, 64, 4, 4
+    elif num_queries <= 64:
+        block_q, block_n, block_d, warps, stages = 64, 128, 64, 4, 4
+    else:
+        block_q, block_n, block_d, warps, stages = 128, 128, 64, 8, 3
+    grid = (triton.cdiv(num_queries, block_q), triton.cdiv(num_rows, block_n))
+    valid_arg = valid.view(torch.uint8) if valid is not None else out
+    _kernel()[grid](
+        queries, rows, valid_arg, out, num_queries, num_rows, dim, num_groups,
+        queries.stride(0), rows.stride(0), out.stride(0),
+        HAS_VALID=valid is not None, BLOCK_Q=block_q, BLOCK_N=block_n, BLOCK_D=block_d, GROUP_SIZE=GROUP,
+        num_warps=warps, num_stages=stages,
+    )
+    return out

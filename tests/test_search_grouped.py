@@ -1,0 +1,88 @@
+"""The fused search path's selection logic on the CPU: group maxima (search/group_max.py's
+torch reference, the definition the GPU kernel implements), the k best groups kept across
+steps, and their rows rescored exactly. The kernel itself runs on the GPU machine
+(tests/perf/gpu_fused_topk.py checks it against a float32 brute force)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from semserve.search.group_max import GROUP, group_max_reference
+from semserve.search.topk import grouped_shard_topk, shard_topk
+
+
+def brute_force(matrix, used, queries, k, mask=None):
+    scores = queries @ matrix[:used].T
+    if mask is not None:
+        scores = scores.masked_fill(~mask[:used], float("-inf"))
+    return torch.topk(scores, min(k, used), dim=1)
+
+
+def same_top(hits, reference):
+    expected_scores, expected_rows = reference
+    for got_rows, got_scores, rows, scores in zip(hits.rows, hits.scores, expected_rows, expected_scores):
+        finite = scores > float("-inf")
+        assert set(got_rows[got_scores > float("-inf")].tolist()) == set(rows[finite].tolist())
+        torch.testing.assert_close(got_scores.sort(descending=True).values[: int(finite.sum())], scores[finite],
+                                   rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("used, step, k", [
+    (1000, 256, 10),      # several steps, a ragged last group
+    (4096, 4096, 5),      # one step, whole groups
+    (100, 64, 50),        # k larger than the number of groups
+    (37, 1024, 10),       # fewer rows than one step, ragged
+    (3000, 100, 7),       # a step that is no multiple of GROUP (rounded down)
+])
+@pytest.mark.parametrize("queries", [1, 13])
+def test_grouped_selection_equals_brute_force(used, step, k, queries):
+    generator = torch.Generator().manual_seed(used + k + queries)
+    matrix = torch.randn(used + 50, 24, generator=generator)  # rows beyond `used` must never come back
+    q = torch.randn(queries, 24, generator=generator)
+    hits = grouped_shard_topk(matrix, used, q, k, step)
+    same_top(hits, brute_force(matrix, used, q, k))
+    assert (hits.rows < used).all()
+
+
+def test_masked_rows_never_come_back_even_when_whole_groups_are_masked():
+    generator = torch.Generator().manual_seed(7)
+    matrix = torch.randn(2000, 16, generator=generator)
+    q = torch.randn(4, 16, generator=generator)
+    mask = torch.rand(2000, generator=generator) > 0.5
+    mask[: 10 * GROUP] = False  # ten whole groups excluded
+    mask[1990:] = True
+    hits = grouped_shard_topk(matrix, 2000, q, 12, 512, mask)
+    assert mask[hits.rows[hits.scores > float("-inf")]].all()
+    same_top(hits, brute_force(matrix, 2000, q, 12, mask))
+
+
+def test_fewer_valid_rows_than_k_gives_short_lists():
+    matrix = torch.randn(300, 8)
+    mask = torch.zeros(300, dtype=torch.bool)
+    mask[[3, 150, 299]] = True
+    hits = grouped_shard_topk(matrix, 300, torch.randn(2, 8), 10, 128, mask)
+    for rows, scores in zip(hits.rows, hits.scores):
+        assert sorted(rows[scores > float("-inf")].tolist()) == [3, 150, 299]
+
+
+def test_grouped_and_chunked_paths_agree():
+    generator = torch.Generator().manual_seed(3)
+    matrix = torch.randn(5000, 32, generator=generator)
+    q = torch.randn(8, 32, generator=generator)
+    grouped = grouped_shard_topk(matrix, 4900, q, 10, 1024)
+    chunked = shard_topk(matrix, 4900, q, 10, 1024)
+    for a, b in zip(grouped.rows, chunked.rows):
+        assert set(a.tolist()) == set(b.tolist())
+
+
+def test_group_maxima_are_the_maxima_of_each_group_of_rows():
+    matrix = torch.randn(70, 4)
+    q = torch.randn(3, 4)
+    valid = torch.ones(70, dtype=torch.bool)
+    valid[0] = False
+    maxima = group_max_reference(q, matrix, valid)
+    scores = (q @ matrix.T).masked_fill(~valid, float("-inf"))
+    assert maxima.shape == (3, 3)
+    torch.testing.assert_close(maxima[:, 0], scores[:, :32].amax(1))
+    torch.testing.assert_close(maxima[:, 2], scores[:, 64:].amax(1))
