@@ -60,12 +60,15 @@ def _kernel():
         pid_n = tl.program_id(1)
         offs_q = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        # Element offsets of a large shard pass 2**31 (4M rows x 768): 64-bit row bases.
+        row_base = offs_n.to(tl.int64) * stride_m
+        query_base = offs_q.to(tl.int64) * stride_q
         acc = tl.zeros((BLOCK_Q, BLOCK_N), dtype=tl.float32)
         for d0 in range(0, dim, BLOCK_D):
             offs_d = d0 + tl.arange(0, BLOCK_D)
-            q = tl.load(q_ptr + offs_q[:, None] * stride_q + offs_d[None, :],
+            q = tl.load(q_ptr + query_base[:, None] + offs_d[None, :],
                         mask=(offs_q[:, None] < num_queries) & (offs_d[None, :] < dim), other=0.0)
-            m = tl.load(m_ptr + offs_n[None, :] * stride_m + offs_d[:, None],
+            m = tl.load(m_ptr + row_base[None, :] + offs_d[:, None],
                         mask=(offs_n[None, :] < num_rows) & (offs_d[:, None] < dim), other=0.0)
             acc += tl.dot(q, m)
         # Rounded to the storage dtype as a matmul's output would be, so the kernel's maxima and
@@ -77,7 +80,7 @@ def _kernel():
         scores = tl.where(keep[None, :], scores, float("-inf"))
         maxima = tl.max(tl.reshape(scores, (BLOCK_Q, BLOCK_N // GROUP_SIZE, GROUP_SIZE)), axis=2)
         offs_g = pid_n * (BLOCK_N // GROUP_SIZE) + tl.arange(0, BLOCK_N // GROUP_SIZE)
-        tl.store(out_ptr + offs_q[:, None] * stride_out + offs_g[None, :],
+        tl.store(out_ptr + offs_q.to(tl.int64)[:, None] * stride_out + offs_g[None, :],
                  maxima.to(out_ptr.dtype.element_ty),
                  mask=(offs_q[:, None] < num_queries) & (offs_g[None, :] < num_groups))
 

@@ -1,0 +1,114 @@
+"""Search over gRPC end to end on a GPU server (not part of `make test`): a collection of random
+unit vectors loaded through BulkUpsert, then vector queries, 1 and 64 per call, from one client
+with one call in flight, timed at the client.
+
+    python3 tests/perf/bench_search_grpc.py --minilm .models/minilm --rows 1000000 [--frontends auto]
+
+The collection's dimension is the encoder's (MiniLM: 384). Results go to docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT / "server"), str(ROOT / "client")]
+
+from semserve_client import SemserveClient  # noqa: E402
+from semserve_client import search_requests as sr  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(args, data_dir: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    cmd = [sys.executable, "-m", "semserve", "serve", "--host", "127.0.0.1", "--port", str(port),
+           "--metrics-port", str(free_port()), "--device", args.device, "--dtype", "float16" if args.device == "cuda" else "auto",
+           "--encoder", f"minilm={args.minilm}", "--data-dir", data_dir, "--frontends", args.frontends]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "server"), str(ROOT / "client")])}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    for line in proc.stdout:
+        if "listening" in line:
+            break
+    else:
+        raise SystemExit("the server did not start")
+    return proc, f"127.0.0.1:{port}"
+
+
+def percentiles(seconds: list[float]) -> dict:
+    ms = np.sort(np.asarray(seconds) * 1000)
+    return {"calls": len(ms), "p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
+            "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean())}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--minilm", type=Path, required=True)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--frontends", default="auto")
+    parser.add_argument("--calls", type=int, default=300)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    out: dict = {"date": time.strftime("%Y-%m-%d"), "rows": args.rows, "frontends": args.frontends}
+    with tempfile.TemporaryDirectory() as data_dir:
+        proc, address = start(args, data_dir)
+        try:
+            with SemserveClient(address, timeout=600) as client:
+                info = client.create_collection("bench")
+                dim = info.dimension
+                started = time.perf_counter()
+
+                def messages(batch: int = 4096):
+                    for first in range(0, args.rows, batch):
+                        n = min(batch, args.rows - first)
+                        vectors = rng.standard_normal((n, dim), dtype=np.float32)
+                        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+                        ids = [f"d{first + i}" for i in range(n)]
+                        yield sr.upsert_request("bench", sr.documents(ids, [""] * n, vectors))
+
+                client.upsert_stream(messages())
+                out["load_s"] = time.perf_counter() - started
+                out["dimension"] = dim
+                print("loaded", args.rows, "rows in", round(out["load_s"], 1), "s", flush=True)
+                for per_call in (1, 64):
+                    calls = args.calls if per_call == 1 else max(20, args.calls // 10)
+                    queries = rng.standard_normal((calls + 10, per_call, dim), dtype=np.float32)
+                    queries /= np.linalg.norm(queries, axis=2, keepdims=True)
+                    times = []
+                    for i, batch in enumerate(queries):
+                        vectors = [list(map(float, q)) for q in batch]
+                        t0 = time.perf_counter()
+                        reply = client.search_collection("bench", vectors, top_k=10)
+                        if i >= 10:  # warm-up calls are not timed
+                            times.append(time.perf_counter() - t0)
+                        assert len(reply.results) == per_call
+                    out[f"search_{per_call}_per_call"] = percentiles(times)
+                    server_ms = reply.timing.total_time_us / 1000 if reply.HasField("timing") else None
+                    out[f"search_{per_call}_per_call"]["last_server_total_ms"] = server_ms
+                    print(per_call, "per call:", json.dumps(out[f"search_{per_call}_per_call"]), flush=True)
+        finally:
+            proc.terminate()
+            proc.wait(60)
+    print(json.dumps(out))
+    if args.out:
+        args.out.write_text(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
