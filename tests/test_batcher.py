@@ -383,6 +383,13 @@ class LaunchingRunner(FakeRunner):
         return np.asarray(prepared, dtype=np.float32)[:, None]
 
 
+async def launched(runner: LaunchingRunner, count: int) -> None:
+    for _ in range(200):
+        if len(runner.launched) >= count:
+            return
+        await asyncio.sleep(0.005)
+
+
 def test_a_launching_runner_gets_the_next_batch_before_the_first_is_collected():
     async def main():
         runner = LaunchingRunner()
@@ -390,10 +397,7 @@ def test_a_launching_runner_gets_the_next_batch_before_the_first_is_collected():
                                  runner)
         first = submit(batcher, [("a", 3)])
         second = submit(batcher, [("b", 3)])
-        for _ in range(200):
-            if len(runner.launched) == 2:
-                break
-            await asyncio.sleep(0.005)
+        await launched(runner, 2)
         assert [named(b) for b in runner.launched] == [["a"], ["b"]]
         assert runner.collected == []  # both launched, neither waited for
         runner.released[0].set()
@@ -412,10 +416,7 @@ def test_a_batch_that_fails_on_the_device_fails_its_requests_and_not_the_next():
         batcher, _, _ = make(BatchingConfig(max_queue_delay_us=0, max_batch_size=1, worker_pipeline_depth=3), runner)
         bad = submit(batcher, [("boom", 3)])
         good = submit(batcher, [("fine", 3)])
-        for _ in range(200):
-            if len(runner.launched) == 2:
-                break
-            await asyncio.sleep(0.005)
+        await launched(runner, 2)
         runner.released[0].set()
         runner.released[1].set()
         with pytest.raises(RuntimeError, match="device error"):
