@@ -25,9 +25,12 @@ from semserve.engine.registry import load_model  # noqa: E402
 from semserve_client.bench import synthetic_texts  # noqa: E402
 
 
-async def closed_loop(batcher, requests: list[TokenBatch], concurrency: int, duration: float, warmup: float) -> dict:
+async def closed_loop(batcher, requests: list[TokenBatch], concurrency: int, duration: float, warmup: float,
+                      stats=None) -> dict:
     done_items = 0
     latencies: list[float] = []
+    queue_s: list[float] = []
+    inference_s: list[float] = []
     measuring = False
     stop = False
 
@@ -38,23 +41,31 @@ async def closed_loop(batcher, requests: list[TokenBatch], concurrency: int, dur
             tokens = requests[n % len(requests)]
             n += concurrency
             started = time.perf_counter()
-            await batcher.submit(tokens)
+            request = await batcher.submit(tokens)
             if measuring:
                 done_items += len(tokens.lengths)
                 latencies.append(time.perf_counter() - started)
+                queue_s.append(request.timing.queue_s)
+                inference_s.append(request.timing.inference_s)
 
     tasks = [asyncio.create_task(client(i)) for i in range(concurrency)]
     await asyncio.sleep(warmup)
     measuring = True
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    batches0 = stats.batches if stats else 0
     await asyncio.sleep(duration)
     measuring = False
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    batches = (stats.batches - batches0) if stats else 0
     stop = True
     await asyncio.gather(*tasks)
     latencies.sort()
+    mean = lambda xs: 1000 * sum(xs) / max(1, len(xs))  # noqa: E731
     return {"items_per_s": done_items / elapsed, "requests": len(latencies),
-            "p50_ms": 1000 * latencies[len(latencies) // 2] if latencies else None}
+            "p50_ms": 1000 * latencies[len(latencies) // 2] if latencies else None,
+            "queue_ms": mean(queue_s), "inference_ms": mean(inference_s),
+            "batches_per_s": batches / elapsed, "items_per_batch": done_items / max(1, batches),
+            "process_cores": cpu / elapsed, "cpu_ms_per_batch": 1000 * cpu / max(1, batches)}
 
 
 def main() -> None:
@@ -81,7 +92,7 @@ def main() -> None:
             for size, concurrency in ((32, 64), (1, 256)):
                 requests = [TokenBatch.from_lists(ids[i:i + size]) for i in range(0, len(ids) - size, size)]
                 result[f"{size}_text_{concurrency}_in_flight"] = await closed_loop(
-                    hosted.batcher, requests, concurrency, args.duration, args.warmup)
+                    hosted.batcher, requests, concurrency, args.duration, args.warmup, hosted.stats)
                 print(depth, size, json.dumps(result[f"{size}_text_{concurrency}_in_flight"]), flush=True)
             await hosted.batcher.stop()
             return result

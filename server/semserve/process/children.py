@@ -24,6 +24,15 @@ from semserve.config import ServerConfig
 PARENT_POLL_S = 0.5
 
 
+# How long a thread of a child process may hold the GIL while another waits for it (Python's
+# default is 5 ms). In the engine, the device threads wait for the GPU without the GIL and need
+# it back to hand over results and start the next batch; in a front end, the tokenizer threads
+# encode without the GIL and need it back to build the request. At 5 ms each hand-back could
+# wait that long behind the event loop, a request's latency growing by it at every step
+# (docs/benchmarks.md).
+GIL_SWITCH_INTERVAL_S = 0.0005
+
+
 def child_arguments(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", required=True, help="pickled ServerConfig written by the supervisor")

@@ -17,6 +17,7 @@ from semserve.engine.engine import Engine
 from semserve.ipc.endpoint import EngineEndpoint
 from semserve.models.errors import ModelLoadError
 from semserve.process.children import (
+    GIL_SWITCH_INTERVAL_S,
     child_arguments,
     exit_now,
     read_config,
@@ -28,13 +29,6 @@ from semserve.endpoints import bind_metrics
 from semserve.server import register_metrics
 
 log = logging.getLogger("semserve")
-
-# How long a thread may hold the GIL while another waits for it. The device threads wait for
-# the GPU with the GIL released and then need it back to hand over results and start the next
-# batch; with the default 5 ms they could wait that long behind the event loop each time, an
-# idle GPU meanwhile (docs/benchmarks.md).
-GIL_SWITCH_INTERVAL_S = 0.0005
-
 
 async def run(config, address: str, ready_fd: int) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)

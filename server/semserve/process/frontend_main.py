@@ -20,7 +20,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from semserve.frontend.server import FrontEnd
 from semserve.ipc.client import RemoteCore
-from semserve.process.children import child_arguments, read_config, report, setup_logging, stop_requested
+from semserve.process.children import (
+    GIL_SWITCH_INTERVAL_S, child_arguments, read_config, report, setup_logging, stop_requested,
+)
 
 log = logging.getLogger("semserve")
 
@@ -50,6 +52,7 @@ def main() -> int:
     args = parser.parse_args()
     config = read_config(args.config)
     setup_logging(config, f"frontend-{args.index}")
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     return asyncio.run(run(config, args.address, args.index, args.ready_fd))
 
 

@@ -128,7 +128,9 @@ class ModelRunner:
                 return out.cpu().numpy()
             host = torch.empty(out.shape, dtype=torch.float32, pin_memory=True)
             host.copy_(out, non_blocking=True)
-            done = torch.cuda.Event()
+            # A blocking event: the collect thread sleeps until the batch is done instead of
+            # spinning a core (CUDA's default wait), a core the front ends can use.
+            done = torch.cuda.Event(blocking=True)
             done.record()
             return host, done
 
