@@ -62,6 +62,8 @@ def main() -> None:
     parser.add_argument("--frontends", default="auto")
     parser.add_argument("--calls", type=int, default=300)
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="py-spy raw profile of the server (all threads) during the one-query calls")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     rng = np.random.default_rng(0)
@@ -91,6 +93,17 @@ def main() -> None:
                     queries = rng.standard_normal((calls + 10, per_call, dim), dtype=np.float32)
                     queries /= np.linalg.norm(queries, axis=2, keepdims=True)
                     times = []
+                    spy = None
+                    if args.profile and per_call == 1:
+                        spy = subprocess.Popen(
+                            ["py-spy", "record", "--pid", str(proc.pid), "--duration", "4", "--rate", "1000",
+                             "--format", "raw", "--threads", "--nonblocking", "--output", str(args.profile)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                        time.sleep(0.5)
+                        deadline = time.monotonic() + 4
+                        while time.monotonic() < deadline:  # calls during the recording, not timed
+                            client.search_collection("bench", [list(map(float, queries[0, 0]))], top_k=10)
+                        spy.wait(30)
                     for i, batch in enumerate(queries):
                         vectors = [list(map(float, q)) for q in batch]
                         t0 = time.perf_counter()

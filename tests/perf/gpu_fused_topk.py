@@ -127,18 +127,46 @@ def speed(rows: int, dim: int) -> dict:
     return out
 
 
+def profiles(rows: int, dim: int) -> dict:
+    """Where the time goes in the missed rows: CPU and CUDA time per operator."""
+    from torch.profiler import ProfilerActivity, profile
+
+    layout = SearchConfig()
+    matrix = torch.randn(rows, dim, device="cuda", dtype=torch.float16)
+    matrix /= matrix.norm(dim=1, keepdim=True)
+    out = {}
+    for name, n, k in (("1q_k10_end_to_end", 1, 10), ("64q_k1000_end_to_end", 64, 1000)):
+        q = torch.nn.functional.normalize(torch.randn(n, dim), dim=1)
+        run = lambda: exact_topk([(matrix, rows, None)], q, k, layout.chunk_rows, layout.max_score_elements)  # noqa: E731
+        for _ in range(3):
+            run()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(5):
+                run()
+            torch.cuda.synchronize()
+        table = prof.key_averages().table(sort_by="cpu_time_total", row_limit=18)
+        log(f"profile {name} (5 calls):\n{table}")
+        out[name] = table
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=4_000_000)
     parser.add_argument("--dim", type=int, default=768)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--skip-exactness", action="store_true")
+    parser.add_argument("--profile", action="store_true",
+                        help="torch profiler tables of the rows that miss their targets (1 query end to end, k = 1000)")
     args = parser.parse_args()
     results = {"date": time.strftime("%Y-%m-%d"), "device": torch.cuda.get_device_name(0), "torch": torch.__version__,
                "command": " ".join(sys.argv)}
     if not args.skip_exactness:
         results["exactness"] = exactness(args.dim)
     results["speed"] = speed(args.rows, args.dim)
+    if args.profile:
+        results["profiles"] = profiles(args.rows, args.dim)
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
 

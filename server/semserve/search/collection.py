@@ -27,7 +27,8 @@ from semserve.search.compact import BINARY, FLOAT, INT8, binary_rows, int8_rows,
 from semserve.search.database import FILE_NAME, CollectionDatabase, CollectionSpec, DatabaseDamaged, Delete, Upsert
 from semserve.search.group_commit import GroupCommit
 from semserve.search.shards import ShardedMatrix
-from semserve.search.topk import exact_topk
+from semserve.search import group_max
+from semserve.search.topk import exact_topk, fused_applies
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,9 @@ class Collection:
         dtypes = layout.dtypes if compact is None else [compact] * len(layout.devices)
         self.matrix = ShardedMatrix(stored_width(spec.storage, spec.dimension), layout.devices, dtypes,
                                     layout.initial_capacity)
+        for shard in self.matrix.shards:
+            if fused_applies(shard.matrix, 1):
+                group_max.warm_up(str(shard.matrix.device), shard.matrix.dtype)
         self.lock = threading.Lock()  # the shards and the filter masks
         self.dropped = False
         # Set when the collection can no longer serve (its file was found damaged while

@@ -49,7 +49,10 @@ def _kernel():
     import triton
     import triton.language as tl
 
-    @triton.jit
+    # Triton compiles a variant per "== 1" / "divisible by 16" class of each integer argument; the
+    # counts change with every write and query batch, and a compile takes about a second, which
+    # a search would wait for. Only the strides (which decide vectorised loads) are specialised.
+    @triton.jit(do_not_specialize=["num_queries", "num_rows", "num_groups"])
     def group_max_kernel(q_ptr, m_ptr, valid_ptr, out_ptr, num_queries, num_rows, dim, num_groups,
                          stride_q, stride_m, stride_out,
                          HAS_VALID: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -115,3 +118,16 @@ def group_max_triton(queries: torch.Tensor, rows: torch.Tensor, valid: torch.Ten
         num_warps=warps, num_stages=stages,
     )
     return out
+
+
+@functools.cache
+def warm_up(device: str, dtype: torch.dtype) -> None:
+    """Compile every variant the searches of one device and dtype use (three tile shapes, with
+    and without a row mask) on a tiny input, so that no search waits for a compile."""
+    rows = torch.zeros((64, 16), dtype=dtype, device=device)
+    valid = torch.ones(64, dtype=torch.bool, device=device)
+    for num_queries in (1, 32, 128):
+        queries = torch.zeros((num_queries, 16), dtype=dtype, device=device)
+        group_max_triton(queries, rows, None)
+        group_max_triton(queries, rows, valid)
+    torch.cuda.synchronize(device)
