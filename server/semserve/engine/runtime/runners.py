@@ -86,6 +86,8 @@ class ModelRunner:
         self._device = torch.device(model.device)
         self._pad_id = pad_id
         self._kernels = _attention_backends if self._device.type == "cuda" else contextlib.nullcontext
+        # On a GPU ``launch`` returns before the device has run the batch (see worker.py).
+        self.asynchronous = self._device.type == "cuda"
         self._forward = model
         if cuda_graphs and self._device.type == "cuda":
             from semserve.engine.runtime.cuda_graphs import GraphedForward

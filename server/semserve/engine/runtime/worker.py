@@ -26,7 +26,8 @@ class Runner(Protocol):
     """Turns batch parts into one output row per input on one device; the methods run on
     worker threads. A runner may also offer ``launch(prepared) -> handle`` (queue the work and
     return at once) and ``collect(handle) -> np.ndarray`` (wait for it); then the worker
-    overlaps batches on the device."""
+    overlaps batches on the device (unless the runner's ``asynchronous`` is False: a CPU runs
+    the pass to its end anyway)."""
 
     device: str
 
@@ -45,8 +46,11 @@ class DeviceWorker:
         self._reserved = 0
         self._prepare_pool = ThreadPoolExecutor(1, thread_name_prefix=f"prepare-{stats.model}-{self.device}")
         self._compute_pool = ThreadPoolExecutor(1, thread_name_prefix=f"compute-{stats.model}-{self.device}")
-        self._launch = getattr(runner, "launch", runner.run)
-        self._collect = getattr(runner, "collect", None)
+        # A runner that launches asynchronously (a GPU) gets a collect thread; on a CPU the pass
+        # runs on the compute thread to the end and one thread hop less is paid per batch.
+        asynchronous = hasattr(runner, "collect") and getattr(runner, "asynchronous", True)
+        self._launch = runner.launch if asynchronous else runner.run
+        self._collect = runner.collect if asynchronous else None
         self._collect_pool = (ThreadPoolExecutor(1, thread_name_prefix=f"collect-{stats.model}-{self.device}")
                               if self._collect is not None else None)
         self._device_free_at = 0.0  # when the previous batch's outputs were ready (collect thread)
