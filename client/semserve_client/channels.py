@@ -63,9 +63,6 @@ class RetryPolicy:
             },
         }
 
-    def service_config(self) -> str:
-        return json.dumps({"methodConfig": [self.method_config()]})
-
 
 DEFAULT_RETRY = RetryPolicy()
 

@@ -172,6 +172,12 @@ def start_server(args: argparse.Namespace, models: dict[str, Path], reranker: Pa
         cmd.append("--no-cuda-graphs")
     for name, path in models.items():
         cmd += ["--encoder", f"{name}={path}"]
+    return launch(cmd)
+
+
+def launch(cmd: list[str]) -> tuple[subprocess.Popen, str]:
+    """Start a server command line (``--port 0``) and return it with its address once it
+    listens; its output keeps being read so a full pipe never stalls it."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "server"), str(ROOT / "client"),
                                                          os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)

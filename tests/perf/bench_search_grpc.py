@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,26 +25,15 @@ sys.path[:0] = [str(ROOT / "server"), str(ROOT / "client")]
 from semserve_client import SemserveClient  # noqa: E402
 from semserve_client import search_requests as sr  # noqa: E402
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+import bench_gpu  # noqa: E402  (same folder: the server launcher)
 
 
 def start(args, data_dir: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    cmd = [sys.executable, "-m", "semserve", "serve", "--host", "127.0.0.1", "--port", str(port),
-           "--metrics-port", str(free_port()), "--device", args.device, "--dtype", "float16" if args.device == "cuda" else "auto",
-           "--encoder", f"minilm={args.minilm}", "--data-dir", data_dir, "--frontends", args.frontends]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "server"), str(ROOT / "client")])}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    for line in proc.stdout:
-        if "listening" in line:
-            break
-    else:
-        raise SystemExit("the server did not start")
-    return proc, f"127.0.0.1:{port}"
+    return bench_gpu.launch([
+        sys.executable, "-m", "semserve", "serve", "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0",
+        "--device", args.device, "--dtype", "float16" if args.device == "cuda" else "auto",
+        "--encoder", f"minilm={args.minilm}", "--data-dir", data_dir, "--frontends", args.frontends,
+    ])
 
 
 def percentiles(seconds: list[float]) -> dict:

@@ -83,7 +83,7 @@ def main() -> None:
     out: dict = {"device": torch.cuda.get_device_name(0)}
     for depth in (int(d) for d in args.depths.split(",")):
         config = BatchingConfig(max_batch_tokens=32768, max_batch_size=512, max_queue_delay_us=2000, policy="fixed",
-                                worker_pipeline_depth=depth - 1)  # the registry adds one on a GPU
+                                worker_pipeline_depth=depth - 1)  # a GPU worker adds one
         hosted = load_model(ModelSpec("minilm", args.minilm, "encoder"), ["cuda:0"], "float16", config)
 
         async def run() -> dict:

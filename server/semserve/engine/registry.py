@@ -20,9 +20,6 @@ from semserve.core.types import CROSS_ENCODER, ENCODER, BatchingInfo, ModelCount
 from semserve.engine.batching import DynamicBatcher
 from semserve.engine.runtime import calibration
 from semserve.engine.runtime.cuda_graphs import graph_batch_sizes
-
-# Time a model may spend at load capturing CUDA graphs per device (cheapest shapes first).
-GRAPH_CAPTURE_BUDGET_S = 20.0
 from semserve.engine.runtime.devices import dtype_name, resolve_dtype
 from semserve.engine.runtime.runners import ModelRunner
 from semserve.engine.runtime.worker import DeviceWorker
@@ -31,7 +28,8 @@ from semserve.models.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 
-
+# Time a model may spend at load capturing CUDA graphs per device (cheapest shapes first).
+GRAPH_CAPTURE_BUDGET_S = 20.0
 
 _LOAD_IDS = itertools.count(1)
 
@@ -114,8 +112,7 @@ def load_model(
             log.info("CUDA graphs for %s on %s: %d of %d (batch, length) buckets captured ahead in %.1fs%s",
                      spec.name, runner.device, capture[0], capture[1], capture[2],
                      "" if capture[0] == capture[1] else "; the rest on first use")
-    workers = [DeviceWorker(runner, stats, batching.worker_pipeline_depth + (runner.device.startswith("cuda")))
-               for runner in runners]
+    workers = [DeviceWorker(runner, stats, batching.worker_pipeline_depth) for runner in runners]
     # A single input may never exceed the batch budget, or it could not be batched at all.
     if batching.max_batch_tokens < first.max_tokens:
         log.warning(

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 # Rows of padding cost GPU time like real rows: above 32, buckets are at most 32 rows apart up
 # to 256 (a 151-text batch replays 160 rows, not 256), 64 apart beyond. More buckets are more
-# graphs to capture, each once, on first use.
+# graphs to capture, each once (``capture_ahead``).
 BATCH_BUCKETS = (1, 4, 16, 32, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512)
 LENGTH_STEP = 32
 
@@ -70,15 +70,9 @@ class GraphedForward:
         key = bucket_for(rows, width, self.max_width, self.batch_buckets) if self.enabled else None
         if key is None:
             return self.model(ids, mask, types)
-        entry = self._graphs.get(key)
+        entry = self._graphs.get(key) or self._capture_or_disable(key)
         if entry is None:
-            try:
-                entry = self._capture(key)
-            except Exception:  # a model whose forward cannot be captured still serves, eagerly
-                log.warning("CUDA graph capture failed; this replica runs eagerly from now on", exc_info=True)
-                self.enabled = False
-                torch.cuda.synchronize(self.device)
-                return self.model(ids, mask, types)
+            return self.model(ids, mask, types)
         entry.ids.zero_()
         entry.mask.zero_()
         entry.types.zero_()
@@ -103,16 +97,20 @@ class GraphedForward:
         for key in keys:
             if not self.enabled or time.monotonic() - started > budget_s:
                 break
-            if key in self._graphs:
-                continue
-            try:
-                self._capture(key)
+            if key not in self._graphs and self._capture_or_disable(key) is not None:
                 captured += 1
-            except Exception:
-                log.warning("CUDA graph capture failed; this replica runs eagerly from now on", exc_info=True)
-                self.enabled = False
-                torch.cuda.synchronize(self.device)
         return captured, len(keys), time.monotonic() - started
+
+    def _capture_or_disable(self, key: tuple[int, int]) -> _Graph | None:
+        """The bucket's graph, captured now; None, and graphs off for good, when the model's
+        forward cannot be captured (it still serves, eagerly)."""
+        try:
+            return self._capture(key)
+        except Exception:
+            log.warning("CUDA graph capture failed; this replica runs eagerly from now on", exc_info=True)
+            self.enabled = False
+            torch.cuda.synchronize(self.device)
+            return None
 
     def _capture(self, key: tuple[int, int]) -> _Graph:
         batch, length = key

@@ -5,8 +5,8 @@ launches the forward pass, and, for runners that launch asynchronously (GPUs), a
 thread that waits for a batch's outputs. So on a GPU the compute thread queues batch N+1's
 work right after batch N's, and the device never waits for the host to pad, copy or hand
 results back between two batches. ``pipeline_depth`` bounds the batches a worker holds, which
-bounds memory too. Several workers (one per GPU) can serve one batcher; it sends each batch to
-the least loaded.
+bounds memory too (a collecting worker holds one more, queued on the device). Several workers
+(one per GPU) can serve one batcher; it sends each batch to the least loaded.
 """
 
 from __future__ import annotations
@@ -42,7 +42,6 @@ class DeviceWorker:
         self.runner = runner
         self.device = runner.device
         self.stats = stats
-        self._depth = pipeline_depth
         self._reserved = 0
         self._prepare_pool = ThreadPoolExecutor(1, thread_name_prefix=f"prepare-{stats.model}-{self.device}")
         self._compute_pool = ThreadPoolExecutor(1, thread_name_prefix=f"compute-{stats.model}-{self.device}")
@@ -53,6 +52,8 @@ class DeviceWorker:
         self._collect = runner.collect if asynchronous else None
         self._collect_pool = (ThreadPoolExecutor(1, thread_name_prefix=f"collect-{stats.model}-{self.device}")
                               if self._collect is not None else None)
+        # A worker that collects holds one batch more: queued on the device behind the one running.
+        self._depth = pipeline_depth + (self._collect is not None)
         self._device_free_at = 0.0  # when the previous batch's outputs were ready (collect thread)
         self._computing = 0  # batches handed to the compute thread and not yet returned
         self.on_slot_freed: Callable[[], None] | None = None
