@@ -96,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
                    default=_env("cuda_graphs", "1") not in ("0", "false", "no"),
                    help="on GPUs, launch kernels from Python instead of replaying captured CUDA graphs "
                    "(SEMSERVE_CUDA_GRAPHS=0)")
+    s.add_argument("--no-unpadded", dest="unpadded", action="store_false",
+                   default=_env("unpadded", "1") not in ("0", "false", "no"),
+                   help="on GPUs, run BERT models on padded batches instead of only their real tokens "
+                   "(SEMSERVE_UNPADDED=0)")
     add_security_arguments(s)
     add_search_arguments(s)
     from semserve.training.cli import add_model_tool_subcommands
@@ -205,6 +209,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         tracing=args.tracing,
         security=security_config_from_args(args),
         cuda_graphs=args.cuda_graphs,
+        unpadded=args.unpadded,
         search=search_config_from_args(args),
     )
 

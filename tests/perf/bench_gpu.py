@@ -170,6 +170,8 @@ def start_server(args: argparse.Namespace, models: dict[str, Path], reranker: Pa
            "--max-queue-tokens", "20000000", "--reranker", f"ce={reranker}"]
     if args.no_cuda_graphs:
         cmd.append("--no-cuda-graphs")
+    if args.no_unpadded:
+        cmd.append("--no-unpadded")
     for name, path in models.items():
         cmd += ["--encoder", f"{name}={path}"]
     return launch(cmd)
@@ -429,6 +431,7 @@ def main() -> None:
     parser.add_argument("--py-spy", default="py-spy")
     parser.add_argument("--search-rows", type=int, default=4_000_000)
     parser.add_argument("--no-cuda-graphs", action="store_true", help="serve with --no-cuda-graphs")
+    parser.add_argument("--no-unpadded", action="store_true", help="serve with --no-unpadded")
     parser.add_argument("--scaling", action="store_true", help="only compare one GPU with every GPU")
     parser.add_argument("--skip", default="", help="comma-separated sections to skip: peers,bert,rerank,search")
     parser.add_argument("--frontends", default="0,auto",

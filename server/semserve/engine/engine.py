@@ -82,7 +82,8 @@ class Engine:
 
     def _load(self, spec: ModelSpec) -> HostedModel:
         cfg = self.config
-        return load_model(spec, self.devices, cfg.dtype, cfg.batching, cfg.cuda_graphs, self.calibration_dir)
+        return load_model(spec, self.devices, cfg.dtype, cfg.batching, cfg.cuda_graphs, self.calibration_dir,
+                          cfg.unpadded)
 
     def load_models(self) -> None:
         """Load every configured model (blocking; before serving)."""

@@ -19,8 +19,8 @@ from semserve.core.quantization import RANGES_FILE, QuantizationRanges
 from semserve.core.types import CROSS_ENCODER, ENCODER, BatchingInfo, ModelCounters, ModelDescriptor, TokenizerSpec
 from semserve.engine.batching import DynamicBatcher
 from semserve.engine.runtime import calibration
-from semserve.engine.runtime.cuda_graphs import graph_batch_sizes
 from semserve.engine.runtime.devices import dtype_name, resolve_dtype
+from semserve.engine.runtime.packing import PackedRunner, make_runner
 from semserve.engine.runtime.runners import ModelRunner
 from semserve.engine.runtime.worker import DeviceWorker
 from semserve.engine.stats import ModelStats
@@ -78,7 +78,7 @@ class HostedModel:
 
 def load_model(
     spec: ModelSpec, devices: list[str], dtype_spec: str, batching: BatchingConfig, cuda_graphs: bool = True,
-    calibration_dir: Path | None = None,
+    calibration_dir: Path | None = None, unpadded: bool = True,
 ) -> HostedModel:
     """Load one replica per device and build the model's workers and batcher.
 
@@ -103,14 +103,16 @@ def load_model(
     first = replicas[0]
     load_id = next(_LOAD_IDS)
     tokenizer = tokenizer_spec(spec.name, load_id, first)
-    runners = [ModelRunner(model, tokenizer.pad_id, cuda_graphs) for model in replicas]
+    runners = [make_runner(model, tokenizer.pad_id, cuda_graphs, unpadded) for model in replicas]
     dtype = dtype_name(resolve_dtype(dtype_spec, devices[0]))
     batching, info = choose_batching(spec, runners, devices, dtype, batching, cuda_graphs, calibration_dir)
+    graph_sizes = [runner.set_batch_limits(batching.max_batch_tokens, batching.max_batch_size) for runner in runners]
+    info = dataclasses.replace(info, graph_batch_sizes=graph_sizes[0])
     for runner in runners:
         capture = runner.capture_graphs(GRAPH_CAPTURE_BUDGET_S)
         if capture is not None:
-            log.info("CUDA graphs for %s on %s: %d of %d (batch, length) buckets captured ahead in %.1fs%s",
-                     spec.name, runner.device, capture[0], capture[1], capture[2],
+            log.info("CUDA graphs for %s on %s (%s): %d of %d shapes captured ahead in %.1fs%s",
+                     spec.name, runner.device, runner.execution, capture[0], capture[1], capture[2],
                      "" if capture[0] == capture[1] else "; the rest on first use")
     workers = [DeviceWorker(runner, stats, batching.worker_pipeline_depth) for runner in runners]
     # A single input may never exceed the batch budget, or it could not be batched at all.
@@ -160,7 +162,7 @@ def quantization_ranges(spec: ModelSpec, dimension: int) -> QuantizationRanges:
 
 
 def choose_batching(
-    spec: ModelSpec, runners: list[ModelRunner], devices: list[str], dtype: str, batching: BatchingConfig,
+    spec: ModelSpec, runners: list[ModelRunner | PackedRunner], devices: list[str], dtype: str, batching: BatchingConfig,
     cuda_graphs: bool, calibration_dir: Path | None,
 ) -> tuple[BatchingConfig, BatchingInfo]:
     """The batcher's budget and size cap: measured on every device (engine/runtime/calibration.py)
@@ -171,7 +173,8 @@ def choose_batching(
     for runner, device in zip(runners, devices):
         cache_file = None
         if calibration_dir is not None:
-            key = calibration.cache_key(spec.path, device, calibration.device_name(device), dtype, cuda_graphs)
+            key = calibration.cache_key(spec.path, device, calibration.device_name(device), dtype, cuda_graphs,
+                                        runner.execution)
             cache_file = calibration_dir / f"{spec.name}-{key}.json"
         choice = calibration.calibrate(
             runner.forward_shape, max_tokens=runner.model.max_tokens, budget_s=batching.calibration_seconds,
@@ -195,15 +198,10 @@ def choose_batching(
             f"; {kept} given, kept" if kept else "",
             "measurement from the cache" if choice.cached else f"measured in {choice.seconds:.1f}s",
         )
-    graph_sizes: list[int] = []
-    for runner in runners:
-        if runner.graphs is not None:
-            runner.graphs.batch_buckets = graph_batch_sizes(effective.max_batch_size)
-            graph_sizes = list(runner.graphs.batch_buckets)
     info = BatchingInfo(
         policy="measured", max_batch_tokens=effective.max_batch_tokens, max_batch_size=effective.max_batch_size,
         tokens_per_s=sum(c.tokens_per_s for c in choices), calibration_s=sum(c.seconds for c in choices),
-        from_cache=all(c.cached for c in choices), graph_batch_sizes=graph_sizes,
+        from_cache=all(c.cached for c in choices),
     )
     return effective, info
 

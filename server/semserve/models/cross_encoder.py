@@ -44,6 +44,7 @@ from semserve.models.backbone import (
     resolve_max_tokens,
 )
 from semserve.models.errors import ModelLoadError
+from semserve.models.packed import PackedBert, PackedInputs, packing_refusal
 from semserve.models.st_folder import (
     import_torch_module,
     read_json_object,
@@ -104,6 +105,27 @@ class CrossEncoder(nn.Module):
         if token_type_ids is not None and self._pass_token_type_ids:
             inputs["token_type_ids"] = token_type_ids
         return self.model(**inputs, return_dict=True).logits
+
+    def packing_refusal(self) -> str | None:
+        """Why this model cannot run unpadded on its device (packed.py), or None."""
+        if type(self.model).__name__ != "BertForSequenceClassification":
+            return f"{type(self.model).__name__} is not a BertForSequenceClassification"
+        if getattr(self.model.bert, "pooler", None) is None:
+            return "the model has no pooler"
+        return packing_refusal(self.model.bert, self.device, self.dtype)
+
+    def enable_packing(self) -> None:
+        """Build the packed forward (fused attention projections) once, before ``forward_packed``."""
+        # Kept out of the module tree: it shares the model's modules.
+        self.__dict__["_packed"] = PackedBert(self.model.bert)
+
+    def forward_packed(self, inputs: PackedInputs) -> Tensor:
+        """Classifier logits [slots, num_labels] for a packed batch of pairs: the first token
+        of each slot through BERT's pooler and the classifier, as the padded forward does."""
+        tokens = self.__dict__["_packed"](inputs)
+        first = tokens[inputs.cu_seqlens[:-1].long().clamp(max=tokens.shape[0] - 1)]
+        pooler = self.model.bert.pooler
+        return self.model.classifier(pooler.activation(pooler.dense(first)))
 
     def activate(self, logits: Tensor) -> Tensor:
         """Turn logits into one score per pair, exactly as CrossEncoder.predict would."""

@@ -35,6 +35,7 @@ from semserve.models.backbone import (
 )
 from semserve.models.errors import ModelLoadError
 from semserve.models.heads import Normalize, load_dense, load_normalize
+from semserve.models.packed import PackedBert, PackedInputs, packing_refusal, pool_packed
 from semserve.models.pooling import Pooling, parse_pooling_config
 from semserve.models.st_folder import (
     ModuleEntry,
@@ -110,7 +111,23 @@ class Encoder(nn.Module):
         if token_type_ids is not None and self._pass_token_type_ids:
             inputs["token_type_ids"] = token_type_ids
         tokens = self.transformer(**inputs, return_dict=True).last_hidden_state
-        embeddings = self.pool(tokens, attention_mask)
+        return self._finish(self.pool(tokens, attention_mask))
+
+    def packing_refusal(self) -> str | None:
+        """Why this model cannot run unpadded on its device (packed.py), or None."""
+        return packing_refusal(self.transformer, self.device, self.dtype)
+
+    def enable_packing(self) -> None:
+        """Build the packed forward (fused attention projections) once, before ``forward_packed``."""
+        # Kept out of the module tree: it shares the transformer's modules.
+        self.__dict__["_packed"] = PackedBert(self.transformer)
+
+    def forward_packed(self, inputs: PackedInputs) -> Tensor:
+        """Embed a packed batch: [slots, dimension], one row per slot (packed.py)."""
+        tokens = self.__dict__["_packed"](inputs)
+        return self._finish(pool_packed(self.pool.modes, tokens, inputs))
+
+    def _finish(self, embeddings: Tensor) -> Tensor:
         for layer in self.head:
             embeddings = layer(embeddings)
         if self.truncate_dim is not None:

@@ -70,6 +70,8 @@ class DynamicBatcher:
         self.config = config
         self.stats = stats
         self._workers = list(workers)
+        # Workers whose runners compute only real tokens are fed batches cut on real tokens.
+        self._padded = any(getattr(w, "padded", True) for w in self._workers)
         self._queue: collections.deque[QueuedRequest] = collections.deque()
         self._queued_items = 0
         self._queued_tokens = 0
@@ -311,7 +313,7 @@ class DynamicBatcher:
             lengths = window[0].lengths[window[0].pending]
         else:
             lengths = np.concatenate([r.lengths[r.pending] for r in window])
-        chosen = batch_of_first(lengths, cfg.max_batch_tokens, cfg.max_batch_size)
+        chosen = batch_of_first(lengths, cfg.max_batch_tokens, cfg.max_batch_size, self._padded)
         parts: list[BatchPart] = []
         start = 0
         for request in window:

@@ -50,8 +50,21 @@ def split_sorted(lengths: np.ndarray, max_batch_tokens: int, max_batch_size: int
         start = end
 
 
-def batch_of_first(lengths: np.ndarray, max_batch_tokens: int, max_batch_size: int) -> np.ndarray:
-    """Mask of the batch that holds position 0 (the oldest queued input) after sorting and cutting."""
+def batch_of_first(lengths: np.ndarray, max_batch_tokens: int, max_batch_size: int,
+                   padded: bool = True) -> np.ndarray:
+    """Mask of the batch that holds position 0 (the oldest queued input) after sorting and cutting.
+
+    An unpadded batch (engine/runtime/packing.py) costs its real tokens whatever its lengths, so
+    nothing is gained by sorting: it takes the queue's head in arrival order while the tokens and
+    the size cap allow (at least one input).
+    """
+    if not padded:
+        fits = (np.cumsum(lengths) <= max_batch_tokens) & (np.arange(len(lengths)) < max_batch_size)
+        fits[0] = True
+        count = int(np.argmin(fits)) if not fits.all() else len(lengths)
+        mask = np.zeros(len(lengths), dtype=bool)
+        mask[:count] = True
+        return mask
     for positions in split_sorted(lengths, max_batch_tokens, max_batch_size):
         if (positions == 0).any():
             mask = np.zeros(len(lengths), dtype=bool)

@@ -167,9 +167,11 @@ def choose(points: Sequence[Point], max_tokens: int, size_limit: int = BATCHES[-
     )
 
 
-def cache_key(model_folder: Path, device: str, device_name: str, dtype: str, cuda_graphs: bool) -> str:
+def cache_key(model_folder: Path, device: str, device_name: str, dtype: str, cuda_graphs: bool,
+              execution: str = "padded") -> str:
     """Measurements are valid for one model folder (its files' sizes and times), one device
-    type, one dtype and one set of library versions."""
+    type, one dtype, one way of running batches (padded or unpadded) and one set of library
+    versions."""
     import torch
     import transformers
 
@@ -183,6 +185,7 @@ def cache_key(model_folder: Path, device: str, device_name: str, dtype: str, cud
     identity = {
         "version": CACHE_VERSION, "folder": str(folder), "files": files, "device": device_name,
         "device_type": device.split(":")[0], "dtype": dtype, "cuda_graphs": cuda_graphs,
+        "execution": execution,
         "torch": torch.__version__, "transformers": transformers.__version__, "semserve": __version__,
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]

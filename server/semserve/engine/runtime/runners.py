@@ -80,6 +80,8 @@ class ModelRunner:
     """Any head that maps padded token ids to one output row per input: pooled embeddings for a
     bi-encoder (normalised if its folder says so), logits (one per label) for a cross-encoder."""
 
+    execution = "padded"
+
     def __init__(self, model, pad_id: int, cuda_graphs: bool = False):
         self.model = model
         self.device = str(model.device)
@@ -98,6 +100,15 @@ class ModelRunner:
     def graphs(self):
         """The CUDA graph replayer, or None (CPU, or graphs off)."""
         return self._forward if self._forward is not self.model else None
+
+    def set_batch_limits(self, max_batch_tokens: int, max_batch_size: int) -> list[int]:
+        """Size the graphs' batch buckets for the batcher's cap; returns them (for info)."""
+        if self.graphs is None:
+            return []
+        from semserve.engine.runtime.cuda_graphs import graph_batch_sizes
+
+        self.graphs.batch_buckets = graph_batch_sizes(max_batch_size)
+        return list(self.graphs.batch_buckets)
 
     def capture_graphs(self, budget_s: float) -> tuple[int, int, float] | None:
         """Capture this replica's CUDA graphs ahead of serving (see cuda_graphs.py); None

@@ -41,6 +41,8 @@ class DeviceWorker:
     def __init__(self, runner: Runner, stats: ModelStats, pipeline_depth: int = 2):
         self.runner = runner
         self.device = runner.device
+        # Whether the device computes padded batches (rows x longest) or only real tokens.
+        self.padded = getattr(runner, "execution", "padded") == "padded"
         self.stats = stats
         self._reserved = 0
         self._prepare_pool = ThreadPoolExecutor(1, thread_name_prefix=f"prepare-{stats.model}-{self.device}")
@@ -116,7 +118,8 @@ class DeviceWorker:
             lengths = [request.lengths[indexes] for request, indexes in live]
             size = sum(len(x) for x in lengths)
             real = int(sum(int(x.sum()) for x in lengths))
-            info = BatchStats(size, real, size * max(int(x.max()) for x in lengths), started, elapsed)
+            computed = size * max(int(x.max()) for x in lengths) if self.padded else real
+            info = BatchStats(size, real, computed, started, elapsed)
             self.stats.record_batch(info.size, info.real_tokens, info.padded_tokens, elapsed)
             if self.on_batch_computed is not None:
                 self.on_batch_computed(info.real_tokens, elapsed)
