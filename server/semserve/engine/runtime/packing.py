@@ -294,6 +294,7 @@ def make_runner(model, pad_id: int, cuda_graphs: bool, unpadded: bool):
 
     refusal = model.packing_refusal() if unpadded and hasattr(model, "packing_refusal") else "unpadded is off"
     if refusal is None:
+        log.info("%s on %s runs unpadded", getattr(model, "path", "model"), model.device)
         return PackedRunner(model, pad_id, cuda_graphs)
     if unpadded and torch.device(model.device).type == "cuda":
         log.info("%s on %s runs padded: %s", getattr(model, "path", "model"), model.device, refusal)
