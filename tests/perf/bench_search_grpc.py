@@ -3,8 +3,9 @@ unit vectors loaded through BulkUpsert, then vector queries, 1 and 64 per call, 
 with one call in flight, timed at the client.
 
     python3 tests/perf/bench_search_grpc.py --minilm .models/minilm --rows 1000000 [--frontends auto]
+    python3 tests/perf/bench_search_grpc.py --minilm .models/minilm --rows 4000000 --dimension 768
 
-The collection's dimension is the encoder's (MiniLM: 384). Results go to docs/benchmarks.md.
+The collection's dimension is the encoder's (MiniLM: 384; with ``--dimension`` a random BERT). Results go to docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -29,11 +30,26 @@ import bench_gpu  # noqa: E402  (same folder: the server launcher)
 
 
 def start(args, data_dir: str) -> tuple[subprocess.Popen, str]:
+    encoder = args.minilm
+    if args.dimension != 384:
+        # A random-init BERT of the wanted width: the collection's dimension is its encoder's.
+        encoder = bench_gpu.make_random_folder(Path(data_dir) / "encoder", args.minilm, "encoder",
+                                               hidden_size=args.dimension, num_hidden_layers=2,
+                                               num_attention_heads=args.dimension // 64,
+                                               intermediate_size=4 * args.dimension)
     return bench_gpu.launch([
         sys.executable, "-m", "semserve", "serve", "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0",
         "--device", args.device, "--dtype", "float16" if args.device == "cuda" else "auto",
-        "--encoder", f"minilm={args.minilm}", "--data-dir", data_dir, "--frontends", args.frontends,
+        "--encoder", f"minilm={encoder}", "--data-dir", data_dir, "--frontends", args.frontends,
     ])
+
+
+def _device_name(device: str) -> str:
+    if device != "cuda":
+        return device
+    import torch
+
+    return torch.cuda.get_device_name(0)
 
 
 def percentiles(seconds: list[float]) -> dict:
@@ -46,6 +62,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--minilm", type=Path, required=True)
     parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--dimension", type=int, default=384,
+                        help="384 serves MiniLM; another width serves a random BERT of that width")
     parser.add_argument("--frontends", default="auto")
     parser.add_argument("--calls", type=int, default=300)
     parser.add_argument("--device", default="cuda")
@@ -54,7 +72,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     rng = np.random.default_rng(0)
-    out: dict = {"date": time.strftime("%Y-%m-%d"), "rows": args.rows, "frontends": args.frontends}
+    out: dict = {"date": time.strftime("%Y-%m-%d"), "rows": args.rows, "frontends": args.frontends,
+                 "device": _device_name(args.device)}
     with tempfile.TemporaryDirectory() as data_dir:
         proc, address = start(args, data_dir)
         try:

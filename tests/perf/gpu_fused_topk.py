@@ -118,6 +118,16 @@ def speed(rows: int, dim: int) -> dict:
                                                  for a, b in zip(got, want)) / (n * k)
             out[f"fused_{key}_vs_plain"] = out[f"plain_{key}_s"] / out[f"fused_{key}_s"]
         out[f"end_to_end_{key}_s"] = timed(lambda: end_to_end(q_cpu, k), repeat)
+        if k == 10 and n in (1, 1024):
+            # The same corpus as two shards on this device, each on its own stream (exact_topk).
+            half = rows // 2
+            two = [(matrix[:half], half, None), (matrix[half:], rows - half, None)]
+            out[f"end_to_end_2shards_{key}_s"] = timed(
+                lambda: exact_topk(two, q_cpu, k, layout.chunk_rows, layout.max_score_elements), repeat)
+            same = exact_topk(two, q_cpu, k, layout.chunk_rows, layout.max_score_elements)
+            whole = end_to_end(q_cpu, k)
+            out[f"end_to_end_2shards_{key}_id_overlap"] = sum(
+                len({(s * half + r) for s, r, _ in a} & {r for _, r, _ in b}) for a, b in zip(same, whole)) / (n * k)
         torch.cuda.empty_cache()
         log(key, {name: round(v, 6) if isinstance(v, float) else v for name, v in out.items() if key in name})
     out["fused_1q_k10_read_gbps"] = corpus_bytes / out["fused_1q_k10_s"] / 1e9

@@ -163,8 +163,8 @@ def grouped_shard_topk(
         values, groups = torch.topk(maxima, keep, dim=1, sorted=False)
         kept_maxima.append(values)
         kept_groups.append(groups + start // GROUP)
-    maxima = torch.cat(kept_maxima, dim=1)
-    groups = torch.cat(kept_groups, dim=1)
+    maxima = kept_maxima[0] if len(kept_maxima) == 1 else torch.cat(kept_maxima, dim=1)
+    groups = kept_groups[0] if len(kept_groups) == 1 else torch.cat(kept_groups, dim=1)
     if maxima.shape[1] > k:
         _, picked = torch.topk(maxima, k, dim=1, sorted=False)
         groups = torch.gather(groups, 1, picked)
@@ -212,31 +212,84 @@ def exact_topk(
 ) -> list[list[tuple[int, int, float]]]:
     """Top-k over several shards ``(matrix, used_rows, mask)``: per query, (shard, row, score) best first.
 
-    ``queries`` is float32 on the CPU; each shard gets a copy on its device in its dtype. Shards
-    are scored one after the other; on GPUs the launches are asynchronous, so shards on different
-    devices overlap until their results are read back.
+    ``queries`` is float32 on the CPU; each shard gets a copy on its device in its dtype. Every
+    GPU shard is launched on a stream of its own, so shards on one device overlap as shards on
+    different devices do, and its candidates come back by one asynchronous copy into page-locked
+    memory; the host waits once per shard, after everything is launched, instead of twice per
+    shard in launch order.
     """
     step = step_rows(chunk_rows, queries.shape[0], max_score_elements)
-    launched = []
-    for matrix, used_rows, mask in shards:
+    launched: list[tuple[int, _Pending]] = []
+    for index, (matrix, used_rows, mask) in enumerate(shards):
         if used_rows == 0:
             continue
-        compact = matrix.dtype in (torch.int8, torch.uint8)  # search/compact.py: scored in floating point
-        dtype = matrix.dtype if not compact else (torch.float32 if matrix.device.type == "cpu" else torch.float16)
-        q = queries.to(device=matrix.device, dtype=dtype, non_blocking=True)
-        if fused_applies(matrix, k):
-            # The buffer holds one maximum per GROUP rows: GROUP times the rows per step.
-            launched.append(grouped_shard_topk(matrix, used_rows, q, k, step * GROUP, mask, group_max_triton))
-        else:
-            launched.append(shard_topk(matrix, used_rows, q, k, step, mask))
+        if matrix.device.type != "cuda":
+            launched.append((index, _Pending.done(_search_shard(matrix, used_rows, queries, k, step, mask))))
+            continue
+        stream = _shard_stream(matrix.device, index)
+        stream.wait_stream(torch.cuda.current_stream(matrix.device))  # the shard's writes come first
+        with torch.cuda.stream(stream):
+            hits = _search_shard(matrix, used_rows, queries, k, step, mask)
+            launched.append((index, _Pending.copy_back(hits, stream)))
     if not launched:
         return [[] for _ in range(queries.shape[0])]
     per_shard = []
-    shard_index = [i for i, (_, used, _) in enumerate(shards) if used]
-    for index, hits in zip(shard_index, launched):
+    for index, pending in launched:
+        scores, rows = pending.wait()
         # Key = shard << 40 | row: one int64 carries both through the merge.
-        keys = hits.rows.cpu() | (index << 40)
-        per_shard.append((hits.scores.cpu(), keys))
+        per_shard.append((scores, rows | (index << 40)))
     scores, keys = merge_topk(per_shard, k)
     row_mask = (1 << 40) - 1
     return [[(key >> 40, key & row_mask, score) for key, score in hits] for hits in finalize(scores, keys)]
+
+
+def _search_shard(matrix: torch.Tensor, used_rows: int, queries: torch.Tensor, k: int, step: int,
+                  mask: torch.Tensor | None) -> ShardHits:
+    compact = matrix.dtype in (torch.int8, torch.uint8)  # search/compact.py: scored in floating point
+    dtype = matrix.dtype if not compact else (torch.float32 if matrix.device.type == "cpu" else torch.float16)
+    q = queries.to(device=matrix.device, dtype=dtype, non_blocking=True)
+    if fused_applies(matrix, k):
+        # The buffer holds one maximum per GROUP rows: GROUP times the rows per step.
+        return grouped_shard_topk(matrix, used_rows, q, k, step * GROUP, mask, group_max_triton)
+    return shard_topk(matrix, used_rows, q, k, step, mask)
+
+
+_STREAMS: dict[tuple[int, int], "torch.cuda.Stream"] = {}
+
+
+def _shard_stream(device: torch.device, shard: int) -> "torch.cuda.Stream":
+    """One stream per (device, shard index), made once: streams are cheap to keep, not to make."""
+    key = (device.index if device.index is not None else torch.cuda.current_device(), shard)
+    stream = _STREAMS.get(key)
+    if stream is None:
+        stream = _STREAMS[key] = torch.cuda.Stream(device)
+    return stream
+
+
+@dataclass
+class _Pending:
+    """A shard's candidates on their way to host memory (or already there, for CPU shards)."""
+
+    scores: torch.Tensor
+    rows: torch.Tensor
+    event: "torch.cuda.Event | None" = None
+
+    @classmethod
+    def done(cls, hits: ShardHits) -> "_Pending":
+        return cls(hits.scores, hits.rows)
+
+    @classmethod
+    def copy_back(cls, hits: ShardHits, stream: "torch.cuda.Stream") -> "_Pending":
+        scores = torch.empty(hits.scores.shape, dtype=hits.scores.dtype, pin_memory=True)
+        rows = torch.empty(hits.rows.shape, dtype=hits.rows.dtype, pin_memory=True)
+        scores.copy_(hits.scores, non_blocking=True)
+        rows.copy_(hits.rows, non_blocking=True)
+        # The device tensors were made on this stream; the copies keep them alive until done.
+        event = torch.cuda.Event()
+        event.record(stream)
+        return cls(scores, rows, event)
+
+    def wait(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.event is not None:
+            self.event.synchronize()
+        return self.scores, self.rows
