@@ -212,22 +212,27 @@ def exact_topk(
 ) -> list[list[tuple[int, int, float]]]:
     """Top-k over several shards ``(matrix, used_rows, mask)``: per query, (shard, row, score) best first.
 
-    ``queries`` is float32 on the CPU; each shard gets a copy on its device in its dtype. Every
-    GPU shard is launched on a stream of its own, so shards on one device overlap as shards on
-    different devices do, and its candidates come back by one asynchronous copy into page-locked
-    memory; the host waits once per shard, after everything is launched, instead of twice per
-    shard in launch order.
+    ``queries`` is float32 on the CPU; each shard gets a copy on its device in its dtype. With
+    several GPU shards, each is launched on a stream of its own, so shards on one device overlap
+    as shards on different devices do. A GPU shard's candidates come back by one asynchronous
+    copy into page-locked memory; the host waits once per shard, after everything is launched,
+    instead of twice per shard in launch order.
     """
     step = step_rows(chunk_rows, queries.shape[0], max_score_elements)
     launched: list[tuple[int, _Pending]] = []
+    # A lone GPU shard stays on the current stream: a side stream would only add a hand-off.
+    side_streams = sum(1 for matrix, used, _ in shards if used and matrix.device.type == "cuda") > 1
     for index, (matrix, used_rows, mask) in enumerate(shards):
         if used_rows == 0:
             continue
         if matrix.device.type != "cuda":
             launched.append((index, _Pending.done(_search_shard(matrix, used_rows, queries, k, step, mask))))
             continue
-        stream = _shard_stream(matrix.device, index)
-        stream.wait_stream(torch.cuda.current_stream(matrix.device))  # the shard's writes come first
+        stream = torch.cuda.current_stream(matrix.device)
+        if side_streams:
+            side = _shard_stream(matrix.device, index)
+            side.wait_stream(stream)  # the shard's writes come first
+            stream = side
         with torch.cuda.stream(stream):
             hits = _search_shard(matrix, used_rows, queries, k, step, mask)
             launched.append((index, _Pending.copy_back(hits, stream)))
