@@ -86,3 +86,58 @@ def test_group_maxima_are_the_maxima_of_each_group_of_rows():
     assert maxima.shape == (3, 3)
     torch.testing.assert_close(maxima[:, 0], scores[:, :32].amax(1))
     torch.testing.assert_close(maxima[:, 2], scores[:, 64:].amax(1))
+
+
+def test_rescoring_in_query_blocks_equals_brute_force(monkeypatch):
+    """Large k: candidates are gathered a block of queries at a time (RESCORE_BYTES)."""
+    from semserve.search import topk
+
+    monkeypatch.setattr(topk, "RESCORE_BYTES", 3 * 200 * GROUP * 16 * 4)  # three queries per block
+    generator = torch.Generator().manual_seed(11)
+    matrix = torch.randn(20000, 16, generator=generator)
+    q = torch.randn(10, 16, generator=generator)
+    mask = torch.rand(20000, generator=generator) > 0.3
+    hits = grouped_shard_topk(matrix, 19990, q, 200, 4096, mask)
+    assert hits.rows.shape == (10, 200)
+    same_top(hits, brute_force(matrix, 19990, q, 200, mask))
+
+
+def test_fused_path_is_taken_while_rescoring_reads_less_than_the_scan():
+    from semserve.search.topk import rescoring_fits
+
+    assert rescoring_fits(1000, 64, 4_000_000)  # 2M rows rescored against a 4M-row scan
+    assert not rescoring_fits(1000, 1024, 4_000_000)  # 32M rows: the chunked path
+    assert rescoring_fits(10, 1024, 4_000_000)
+    assert rescoring_fits(1000, 1, 5_000)  # one query: always
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton kernel needs a CUDA device")
+@pytest.mark.parametrize("queries, k", [(1, 10), (64, 100), (64, 1000), (300, 10)])
+def test_fused_kernel_on_the_gpu_equals_a_float32_brute_force(queries, k):
+    """On the GPU machine: the kernel's top k (through exact_topk, as searches run it) against a
+    float32 brute force over the same fp16 values, ties within fp16 rounding aside."""
+    from semserve.search.group_max import triton_available
+    from semserve.search.topk import exact_topk, fused_applies
+
+    if not triton_available():
+        pytest.skip("Triton is not importable")
+    generator = torch.Generator().manual_seed(queries + k)
+    rows, dim = 300_007, 256
+    matrix = torch.nn.functional.normalize(torch.randn(rows, dim, generator=generator), dim=1).half().cuda()
+    mask = (torch.rand(rows, generator=generator) > 0.1).cuda()
+    q = torch.nn.functional.normalize(torch.randn(queries, dim, generator=generator), dim=1)
+    assert fused_applies(matrix, k, queries, rows)
+    hits = exact_topk([(matrix, rows, mask)], q, k, 65536, 1 << 24)
+    exact = (q.cuda() @ matrix.float().T).masked_fill(~mask, float("-inf"))
+    want_scores, want_rows = torch.topk(exact, k, dim=1)
+    exact = exact.cpu()
+    for query, (got, scores, wanted) in enumerate(zip(hits, want_scores.cpu(), want_rows.cpu())):
+        assert len(got) == k
+        got_rows = {row for _, row, _ in got}
+        kth = float(scores[-1])
+        # A row may be swapped only for one whose score ties with the k-th within fp16 rounding.
+        for row, score in zip(wanted.tolist(), scores.tolist()):
+            if row not in got_rows:
+                assert kth - score <= 2e-3 and score - kth <= 2e-3
+        for row in got_rows:
+            assert bool(mask[row]) and float(exact[query, row]) >= kth - 2e-3

@@ -17,8 +17,11 @@ import torch
 from semserve.search.group_max import GROUP, group_max_reference, group_max_triton, triton_available
 
 NEG_INF = float("-inf")
-# The fused path rescores k x GROUP rows per query; beyond this k the chunked path is cheaper.
-MAX_FUSED_K = 128
+# The fused path rescores k x GROUP rows per query: up to this k, where those reads stay below
+# the scan's own (``fused_applies``); beyond, the chunked path.
+MAX_FUSED_K = 1024
+# Rows gathered for rescoring at once, in bytes: queries are rescored in blocks under this.
+RESCORE_BYTES = 1 << 28
 # Scores per block in the two-level selection of ``chunk_topk``.
 BLOCK = 64
 
@@ -128,11 +131,21 @@ def shard_topk(
     return ShardHits(best_scores.float(), best_rows)
 
 
-def fused_applies(matrix: torch.Tensor, k: int) -> bool:
+def fused_applies(matrix: torch.Tensor, k: int, num_queries: int = 1, used_rows: int | None = None) -> bool:
     """Whether a shard is searched by the fused kernel (search/group_max.py): a CUDA shard in
-    fp16 or bf16, Triton importable, k small enough for the rescoring."""
-    return (matrix.device.type == "cuda" and matrix.dtype in (torch.float16, torch.bfloat16)
-            and k <= MAX_FUSED_K and triton_available())
+    fp16 or bf16, Triton importable, k at most MAX_FUSED_K, and (given the shard's rows) the
+    rescoring's k x GROUP rows per query no more than the scan reads: 64 queries with k = 1000
+    rescore 2M rows, half of a 4M-row scan; 1024 queries with k = 1000 would read 8 scans' worth."""
+    if not (matrix.device.type == "cuda" and matrix.dtype in (torch.float16, torch.bfloat16)
+            and k <= MAX_FUSED_K and triton_available()):
+        return False
+    return used_rows is None or rescoring_fits(k, num_queries, used_rows)
+
+
+def rescoring_fits(k: int, num_queries: int, used_rows: int) -> bool:
+    """Whether rescoring k x GROUP rows per query reads no more rows than scanning the shard
+    (one query always fits: its rescoring is small next to any scan worth a kernel)."""
+    return num_queries * k * GROUP <= max(used_rows, k * GROUP)
 
 
 def grouped_shard_topk(
@@ -171,13 +184,23 @@ def grouped_shard_topk(
     rows = (groups.unsqueeze(2) * GROUP + torch.arange(GROUP, device=device)).reshape(num_queries, -1)
     outside = rows >= used_rows
     rows = rows.clamp_(max=used_rows - 1)
-    candidates = matrix[rows]  # (queries, groups x GROUP, dim)
-    scores = torch.bmm(candidates, queries.unsqueeze(2)).squeeze(2)
-    scores.masked_fill_(outside, NEG_INF)
-    if mask is not None:
-        scores.masked_fill_(~mask[rows], NEG_INF)
-    best, picked = torch.topk(scores, min(k, scores.shape[1]), dim=1, sorted=False)
-    return ShardHits(best.float(), torch.gather(rows, 1, picked))
+    # The candidates' vectors are gathered for a block of queries at a time: (queries, k x GROUP,
+    # dim) would be 3 GB for 64 queries with k = 1000 at 768 dimensions.
+    per_query = rows.shape[1] * matrix.shape[1] * matrix.element_size()
+    block = max(1, RESCORE_BYTES // per_query)
+    best_scores, best_rows = [], []
+    for first in range(0, num_queries, block):
+        some = rows[first:first + block]
+        scores = torch.bmm(matrix[some], queries[first:first + block].unsqueeze(2)).squeeze(2)
+        scores.masked_fill_(outside[first:first + block], NEG_INF)
+        if mask is not None:
+            scores.masked_fill_(~mask[some], NEG_INF)
+        best, picked = torch.topk(scores, min(k, scores.shape[1]), dim=1, sorted=False)
+        best_scores.append(best)
+        best_rows.append(torch.gather(some, 1, picked))
+    if len(best_scores) == 1:
+        return ShardHits(best_scores[0].float(), best_rows[0])
+    return ShardHits(torch.cat(best_scores).float(), torch.cat(best_rows))
 
 
 def merge_topk(
@@ -253,7 +276,7 @@ def _search_shard(matrix: torch.Tensor, used_rows: int, queries: torch.Tensor, k
     compact = matrix.dtype in (torch.int8, torch.uint8)  # search/compact.py: scored in floating point
     dtype = matrix.dtype if not compact else (torch.float32 if matrix.device.type == "cpu" else torch.float16)
     q = queries.to(device=matrix.device, dtype=dtype, non_blocking=True)
-    if fused_applies(matrix, k):
+    if fused_applies(matrix, k, queries.shape[0], used_rows):
         # The buffer holds one maximum per GROUP rows: GROUP times the rows per step.
         return grouped_shard_topk(matrix, used_rows, q, k, step * GROUP, mask, group_max_triton)
     return shard_topk(matrix, used_rows, q, k, step, mask)
