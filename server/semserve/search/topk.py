@@ -17,9 +17,10 @@ import torch
 from semserve.search.group_max import GROUP, group_max_reference, group_max_triton, triton_available
 
 NEG_INF = float("-inf")
-# The fused path rescores k x GROUP rows per query: up to this k, where those reads stay below
-# the scan's own (``fused_applies``); beyond, the chunked path.
-MAX_FUSED_K = 1024
+# The fused path rescores k x GROUP rows per query. Measured on an H100 (docs/benchmarks.md),
+# 64 queries with k = 1000 took as long fused as chunked (6.6 against 6.8 ms), so beyond this k
+# the chunked path serves; below it, only while those reads stay under the scan's own.
+MAX_FUSED_K = 128
 # Rows gathered for rescoring at once, in bytes: queries are rescored in blocks under this.
 RESCORE_BYTES = 1 << 28
 # Scores per block in the two-level selection of ``chunk_topk``.
@@ -134,8 +135,8 @@ def shard_topk(
 def fused_applies(matrix: torch.Tensor, k: int, num_queries: int = 1, used_rows: int | None = None) -> bool:
     """Whether a shard is searched by the fused kernel (search/group_max.py): a CUDA shard in
     fp16 or bf16, Triton importable, k at most MAX_FUSED_K, and (given the shard's rows) the
-    rescoring's k x GROUP rows per query no more than the scan reads: 64 queries with k = 1000
-    rescore 2M rows, half of a 4M-row scan; 1024 queries with k = 1000 would read 8 scans' worth."""
+    rescoring's k x GROUP rows per query no more than the scan reads: 1024 queries with k = 100
+    rescore 3.3M rows, most of a 4M-row scan; with k = 128, more than the scan."""
     if not (matrix.device.type == "cuda" and matrix.dtype in (torch.float16, torch.bfloat16)
             and k <= MAX_FUSED_K and triton_available()):
         return False
@@ -185,7 +186,7 @@ def grouped_shard_topk(
     outside = rows >= used_rows
     rows = rows.clamp_(max=used_rows - 1)
     # The candidates' vectors are gathered for a block of queries at a time: (queries, k x GROUP,
-    # dim) would be 3 GB for 64 queries with k = 1000 at 768 dimensions.
+    # dim) would be 6 GB for 1024 queries with k = 128 at 768 dimensions.
     per_query = rows.shape[1] * matrix.shape[1] * matrix.element_size()
     block = max(1, RESCORE_BYTES // per_query)
     best_scores, best_rows = [], []
