@@ -1,12 +1,13 @@
 """The runner for unpadded execution: a batch's tokens flattened, its graphs keyed by token count.
 
-``pack_parts`` lays a batch out as flat arrays (ids, segment ids, positions, slots) with a few
-NumPy operations, one host-to-device copy, no per-text Python. With CUDA graphs the token count
+``flatten_parts`` and ``pack_arrays`` lay a batch out as flat arrays (ids, type ids, positions,
+segment ids, slot boundaries) with a few NumPy operations and one host-to-device copy, no
+per-text Python. With CUDA graphs the token count
 is rounded up to a bucket (doubling to 512, then 512 apart), so one graph serves every batch of up
 to that many tokens whatever its mix of lengths. The bucket's spare tokens form padding "texts"
 of at most ``max_seqlen`` tokens in slots of their own, and unused slots are empty; a graph
-has a fixed number of slots (the batch size cap plus the padding slots), which the flash kernel
-skips at no cost when empty. Outputs of slots past the real texts are dropped.
+has a fixed number of slots (the batch size cap plus the padding slots); the flash kernel's
+blocks for an empty slot exit at once. Outputs of slots past the real texts are dropped.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 
 from semserve.engine.batching.requests import BatchPart
+from semserve.engine.runtime.runners import collect_outputs, queue_outputs
 from semserve.models.packed import PackedInputs
 
 log = logging.getLogger(__name__)
@@ -69,8 +71,8 @@ class PackedBatch:
     rows: int
     graphed: bool
 
-    def inputs(self, staged: torch.Tensor | None = None) -> PackedInputs:
-        return unpack(self.layout, self.staged if staged is None else staged)
+    def inputs(self) -> PackedInputs:
+        return unpack(self.layout, self.staged)
 
 
 def unpack(layout: Layout, staged: torch.Tensor) -> PackedInputs:
@@ -226,22 +228,11 @@ class PackedRunner:
         """As ``ModelRunner.launch``: on a GPU, queue the pass and the copy of its outputs and
         return before the device has run them."""
         with torch.inference_mode():
-            out = self._forward(batch)[:batch.rows].float()
-            if self._device.type != "cuda":
-                return out.cpu().numpy()
-            host = torch.empty(out.shape, dtype=torch.float32, pin_memory=True)
-            host.copy_(out, non_blocking=True)
-            done = torch.cuda.Event(blocking=True)
-            done.record()
-            return host, done
+            return queue_outputs(self._forward(batch)[:batch.rows].float())
 
     @staticmethod
     def collect(handle) -> np.ndarray:
-        if isinstance(handle, np.ndarray):
-            return handle
-        host, done = handle
-        done.synchronize()
-        return host.numpy().copy()
+        return collect_outputs(handle)
 
     def _forward(self, batch: PackedBatch) -> torch.Tensor:
         if batch.graphed and self._graphs_on:

@@ -131,28 +131,37 @@ class ModelRunner:
         return self.collect(self.launch(batch))
 
     def launch(self, batch: PaddedBatch) -> np.ndarray | tuple[torch.Tensor, torch.cuda.Event]:
-        """Queue the forward pass and the copy of its outputs to host memory. On a GPU this
-        returns before the device has run it (the outputs are in a page-locked buffer once the
-        event completes; the next batch's work queues behind it on the same stream, which also
-        keeps a CUDA graph's static output intact until copied). Elsewhere it runs to the end."""
+        """Queue the forward pass and the copy of its outputs to host memory (``queue_outputs``)."""
         with torch.inference_mode(), self._kernels():
-            out = self._forward(batch.input_ids, batch.attention_mask, batch.token_type_ids).float()
-            if self._device.type != "cuda":
-                return out.cpu().numpy()
-            host = torch.empty(out.shape, dtype=torch.float32, pin_memory=True)
-            host.copy_(out, non_blocking=True)
-            # A blocking event: the collect thread sleeps until the batch is done instead of
-            # spinning a core (CUDA's default wait), a core the front ends can use.
-            done = torch.cuda.Event(blocking=True)
-            done.record()
-            return host, done
+            out = self._forward(batch.input_ids, batch.attention_mask, batch.token_type_ids)
+            return queue_outputs(out.float())
 
     @staticmethod
     def collect(handle: np.ndarray | tuple[torch.Tensor, torch.cuda.Event]) -> np.ndarray:
-        """Wait (without the GIL) for a launched batch and return its rows; the page-locked
-        buffer is copied out so that it returns to torch's cache at once."""
-        if isinstance(handle, np.ndarray):
-            return handle
-        host, done = handle
-        done.synchronize()
-        return host.numpy().copy()
+        return collect_outputs(handle)
+
+
+def queue_outputs(out: torch.Tensor) -> np.ndarray | tuple[torch.Tensor, torch.cuda.Event]:
+    """A batch's float32 outputs on their way to host memory. On a GPU this returns before the
+    device has computed them (they are in a page-locked buffer once the event completes; the next
+    batch's work queues behind it on the same stream, which also keeps a CUDA graph's static
+    output intact until copied). Elsewhere they are returned at once."""
+    if out.device.type != "cuda":
+        return out.cpu().numpy()
+    host = torch.empty(out.shape, dtype=torch.float32, pin_memory=True)
+    host.copy_(out, non_blocking=True)
+    # A blocking event: the collect thread sleeps until the batch is done instead of
+    # spinning a core (CUDA's default wait), a core the front ends can use.
+    done = torch.cuda.Event(blocking=True)
+    done.record()
+    return host, done
+
+
+def collect_outputs(handle: np.ndarray | tuple[torch.Tensor, torch.cuda.Event]) -> np.ndarray:
+    """Wait (without the GIL) for a launched batch and return its rows; the page-locked
+    buffer is copied out so that it returns to torch's cache at once."""
+    if isinstance(handle, np.ndarray):
+        return handle
+    host, done = handle
+    done.synchronize()
+    return host.numpy().copy()
