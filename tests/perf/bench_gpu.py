@@ -318,7 +318,8 @@ def load(address: str, args, profile_as: str = "", server_pid: int = 0, **kw) ->
         args.profile_dir.mkdir(parents=True, exist_ok=True)
         profiler = subprocess.Popen(
             ["sh", "-c", f"sleep {args.warmup + 1}; exec {args.py_spy} record --pid {server_pid} --duration "
-             f"{max(2, int(spec.duration_s) - 2)} --rate 250 --format raw --threads --nonblocking --subprocesses "
+             f"{max(2, int(spec.duration_s) - 2)} --format raw --threads --subprocesses "
+             + ("--rate 100 --native " if args.py_spy_native else "--rate 250 --nonblocking ") +
              f"--output {args.profile_dir / (profile_as + '.txt')}"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
@@ -429,6 +430,8 @@ def main() -> None:
     parser.add_argument("--peer-texts", type=int, default=20000)
     parser.add_argument("--profile-dir", type=Path, default=None, help="write py-spy profiles of the server here")
     parser.add_argument("--py-spy", default="py-spy")
+    parser.add_argument("--py-spy-native", action="store_true",
+                        help="profile native frames too (py-spy pauses the processes to sample them)")
     parser.add_argument("--search-rows", type=int, default=4_000_000)
     parser.add_argument("--no-cuda-graphs", action="store_true", help="serve with --no-cuda-graphs")
     parser.add_argument("--no-unpadded", action="store_true", help="serve with --no-unpadded")
