@@ -388,10 +388,14 @@ def scaling_bench(args: argparse.Namespace, minilm: Path, bert: Path, ce: Path) 
     from semserve.search.topk import exact_topk
     from semserve.config import SearchConfig
 
-    gpus = torch.cuda.device_count()
-    out: dict = {"gpus": gpus}
-    for devices in ("cuda:0", ",".join(f"cuda:{i}" for i in range(gpus))):
-        proc, address = start_server(args, {"minilm": minilm, "bert-base": bert}, ce, device=devices)
+    # --scaling-devices cuda:0,cuda:0 rehearses the run on one GPU (two replicas, two shards).
+    spread = args.scaling_devices or ",".join(f"cuda:{i}" for i in range(torch.cuda.device_count()))
+    shard_devices = spread.split(",")
+    gpus = len(shard_devices)
+    out: dict = {"gpus": gpus, "devices": spread, "frontends": "auto"}
+    for devices in ("cuda:0", spread):
+        proc, address = start_server(args, {"minilm": minilm, "bert-base": bert}, ce, device=devices,
+                                     frontends="auto")
         try:
             for model in ("minilm", "bert-base"):
                 log(f"scaling: {model} on {devices}")
@@ -402,7 +406,7 @@ def scaling_bench(args: argparse.Namespace, minilm: Path, bert: Path, ce: Path) 
             proc.wait(60)
     layout, rows, dim, k = SearchConfig(), args.search_rows, 768, 10
     whole = torch.randn(rows, dim, device="cuda:0", dtype=torch.float16)
-    halves = [torch.randn(rows // gpus, dim, device=f"cuda:{i}", dtype=torch.float16) for i in range(gpus)]
+    halves = [torch.randn(rows // gpus, dim, device=device, dtype=torch.float16) for device in shard_devices]
     for n in (1, 1024):
         q = torch.nn.functional.normalize(torch.randn(n, dim), dim=1)
         one = lambda: exact_topk([(whole, rows, None)], q, k, layout.chunk_rows, layout.max_score_elements)  # noqa: E731
@@ -436,6 +440,8 @@ def main() -> None:
     parser.add_argument("--no-cuda-graphs", action="store_true", help="serve with --no-cuda-graphs")
     parser.add_argument("--no-unpadded", action="store_true", help="serve with --no-unpadded")
     parser.add_argument("--scaling", action="store_true", help="only compare one GPU with every GPU")
+    parser.add_argument("--scaling-devices", default="",
+                        help="the devices --scaling compares with cuda:0 (default: every GPU), e.g. cuda:0,cuda:0")
     parser.add_argument("--skip", default="", help="comma-separated sections to skip: peers,bert,rerank,search")
     parser.add_argument("--frontends", default="0,auto",
                         help="comma-separated --frontends values, each served in turn in this run; the last one "
