@@ -10,7 +10,11 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 
 
 def resolve_devices(spec: str) -> list[str]:
-    """'auto' is every visible GPU, else the CPU; 'cuda' every GPU; or an explicit list."""
+    """'auto' is every visible GPU, else the CPU; 'cuda' every GPU; or an explicit list.
+
+    A device named twice holds two replicas, each with its own worker (and CUDA graphs): one
+    replica's host work then overlaps the other's device work, and a one-GPU machine can
+    rehearse what several GPUs do."""
     spec = (spec or "auto").strip().lower()
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if spec == "auto":
@@ -33,8 +37,6 @@ def resolve_devices(spec: str) -> list[str]:
         if index >= gpus:
             raise ConfigError(f"device {part} asked for, but torch sees {gpus} GPU(s)")
         devices.append(part)
-    if len(set(devices)) != len(devices):
-        raise ConfigError(f"device list {spec!r} names a device twice")
     return devices
 
 
