@@ -1,5 +1,6 @@
-"""Two replicas of a model on one device (``--device cpu,cpu``; ``cuda:0,cuda:0`` on a GPU): the
-batcher feeds both workers, and the vectors are those of one replica."""
+"""Several devices and replicas: two replicas of a model on one device (``--device cpu,cpu``;
+``cuda:0,cuda:0`` on a GPU) serve the vectors of one, and ``--frontends auto`` grows with the
+GPUs named."""
 
 from __future__ import annotations
 
@@ -37,3 +38,19 @@ def test_two_replicas_on_one_device_serve_the_same_vectors(tmp_path):
         finally:
             server.stop()
     np.testing.assert_allclose(vectors["cpu,cpu"], vectors["cpu"], rtol=1e-5, atol=1e-6)
+
+
+def test_front_ends_by_default_scale_with_the_gpus_named(monkeypatch):
+    from semserve.process import supervisor
+
+    monkeypatch.setattr(supervisor.os, "cpu_count", lambda: 32)
+    assert supervisor.gpu_count("cuda:0,cuda:1") == 2
+    assert supervisor.gpu_count("cuda:0,cuda:0") == 1  # two replicas, one GPU
+    assert supervisor.gpu_count("cpu") == 0
+    assert supervisor.default_frontends("cuda:0") == 8
+    assert supervisor.default_frontends("cuda:0,cuda:1") == 16
+    assert supervisor.default_frontends("cpu") == 0
+    monkeypatch.setattr(supervisor.os, "cpu_count", lambda: 16)
+    assert supervisor.default_frontends("cuda:0,cuda:1") == 14  # cores - 2
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert supervisor.default_frontends("auto") == 0
