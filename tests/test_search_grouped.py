@@ -141,3 +141,28 @@ def test_fused_kernel_on_the_gpu_equals_a_float32_brute_force(queries, k):
                 assert kth - score <= 2e-3 and score - kth <= 2e-3
         for row in got_rows:
             assert bool(mask[row]) and float(exact[query, row]) >= kth - 2e-3
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton kernel needs a CUDA device")
+@pytest.mark.parametrize("dimension", [384, 100])
+def test_no_search_waits_for_a_kernel_compile_after_warm_up(dimension):
+    """On the GPU machine: after ``warm_up`` for a collection's dimension, no row count, query
+    count or mask compiles another variant (a compile takes a second or more; a call, far less)."""
+    import time
+
+    from semserve.search.group_max import group_max_triton, triton_available, warm_up
+
+    if not triton_available():
+        pytest.skip("Triton is not importable")
+    warm_up("cuda:0", torch.float16, dimension)
+    matrix = torch.randn(200_000, dimension, device="cuda", dtype=torch.float16)
+    valid = torch.ones(200_000, dtype=torch.bool, device="cuda")
+    for rows in (4096, 1000, 31 * GROUP, 200_000, 16 * 16 * GROUP):
+        for queries in (1, 7, 64, 300):
+            q = torch.randn(queries, dimension, device="cuda", dtype=torch.float16)
+            for mask in (None, valid[:rows]):
+                torch.cuda.synchronize()
+                started = time.perf_counter()
+                group_max_triton(q, matrix[:rows], mask)
+                torch.cuda.synchronize()
+                assert time.perf_counter() - started < 0.15, (rows, queries, mask is not None)

@@ -64,7 +64,7 @@ class Collection:
                                     layout.initial_capacity)
         for shard in self.matrix.shards:
             if fused_applies(shard.matrix, 1):
-                group_max.warm_up(str(shard.matrix.device), shard.matrix.dtype)
+                group_max.warm_up(str(shard.matrix.device), shard.matrix.dtype, shard.matrix.shape[1])
         self.lock = threading.Lock()  # the shards and the filter masks
         self.dropped = False
         # Set when the collection can no longer serve (its file was found damaged while

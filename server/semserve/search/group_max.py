@@ -51,8 +51,10 @@ def _kernel():
 
     # Triton compiles a variant per "== 1" / "divisible by 16" class of each integer argument; the
     # counts change with every write and query batch, and a compile takes about a second, which
-    # a search would wait for. Only the strides (which decide vectorised loads) are specialised.
-    @triton.jit(do_not_specialize=["num_queries", "num_rows", "num_groups"])
+    # a search would wait for. Only the dimension and the strides of the inputs (which decide
+    # vectorised loads; fixed per collection) are specialised. The output's stride is the group
+    # count, which changes with the rows like the counts do.
+    @triton.jit(do_not_specialize=["num_queries", "num_rows", "num_groups", "stride_out"])
     def group_max_kernel(q_ptr, m_ptr, valid_ptr, out_ptr, num_queries, num_rows, dim, num_groups,
                          stride_q, stride_m, stride_out,
                          HAS_VALID: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -121,13 +123,14 @@ def group_max_triton(queries: torch.Tensor, rows: torch.Tensor, valid: torch.Ten
 
 
 @functools.cache
-def warm_up(device: str, dtype: torch.dtype) -> None:
-    """Compile every variant the searches of one device and dtype use (three tile shapes, with
-    and without a row mask) on a tiny input, so that no search waits for a compile."""
-    rows = torch.zeros((64, 16), dtype=dtype, device=device)
+def warm_up(device: str, dtype: torch.dtype, dimension: int = 16) -> None:
+    """Compile every variant the searches of one device, dtype and dimension use (three tile
+    shapes, with and without a row mask) on a tiny input, so that no search waits for a compile.
+    Dimensions in one specialisation class (say, multiples of 16) share their variants."""
+    rows = torch.zeros((64, dimension), dtype=dtype, device=device)
     valid = torch.ones(64, dtype=torch.bool, device=device)
     for num_queries in (1, 32, 128):
-        queries = torch.zeros((num_queries, 16), dtype=dtype, device=device)
+        queries = torch.zeros((num_queries, dimension), dtype=dtype, device=device)
         group_max_triton(queries, rows, None)
         group_max_triton(queries, rows, valid)
     torch.cuda.synchronize(device)
