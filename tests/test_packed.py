@@ -142,3 +142,35 @@ def test_unpadded_batches_take_the_queue_head_in_arrival_order():
     assert batch_of_first(np.array([5, 6]), 520, 64, padded=False).tolist() == [True, True]
     # Padded, the same queue is sorted and cut so the long input does not pad the short ones.
     assert batch_of_first(lengths, 520, 64).tolist() != [True, True, True, False, False]
+
+
+def test_a_packed_worker_behind_the_batcher_serves_every_request_and_counts_real_tokens(encoder):
+    """The batcher and a worker around the packed runner (CPU, reference attention): concurrent
+    requests come back with the padded model's vectors, in batches cut on real tokens."""
+    import asyncio
+
+    from semserve.config import BatchingConfig
+    from semserve.engine.batching.batcher import DynamicBatcher
+    from semserve.engine.runtime.worker import DeviceWorker
+    from semserve.engine.stats import ModelStats
+
+    rng = np.random.default_rng(4)
+    requests = [_random_texts(rng, 3, encoder.transformer.config.vocab_size, 30) for _ in range(12)]
+    expected = [ModelRunner(encoder, 0).run(ModelRunner(encoder, 0).prepare([(_request(t), np.arange(3))]))
+                for t in requests]
+
+    async def main():
+        stats = ModelStats(model="packed")
+        worker = DeviceWorker(PackedRunner(encoder, 0), stats)
+        assert not worker.padded
+        batcher = DynamicBatcher("packed", [worker], BatchingConfig(max_queue_delay_us=20_000), stats)
+        batcher.start()
+        futures = [batcher.submit(_request(t).tokens, None) for t in requests]
+        done = await asyncio.gather(*futures)
+        await batcher.stop()
+        return [r.outputs for r in done], stats
+
+    outputs, stats = asyncio.run(main())
+    for got, want in zip(outputs, expected):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    assert stats.padded_tokens == stats.tokens == sum(len(t) for r in requests for t in r)
