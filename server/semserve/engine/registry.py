@@ -106,8 +106,9 @@ def load_model(
     runners = [make_runner(model, tokenizer.pad_id, cuda_graphs, unpadded) for model in replicas]
     dtype = dtype_name(resolve_dtype(dtype_spec, devices[0]))
     batching, info = choose_batching(spec, runners, devices, dtype, batching, cuda_graphs, calibration_dir)
-    graph_sizes = [runner.set_batch_limits(batching.max_batch_tokens, batching.max_batch_size) for runner in runners]
-    info = dataclasses.replace(info, graph_batch_sizes=graph_sizes[0])
+    for runner in runners:
+        graph_sizes = runner.set_batch_limits(batching.max_batch_tokens, batching.max_batch_size)
+    info = dataclasses.replace(info, graph_batch_sizes=graph_sizes)
     for runner in runners:
         capture = runner.capture_graphs(GRAPH_CAPTURE_BUDGET_S)
         if capture is not None:

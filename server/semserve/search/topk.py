@@ -313,7 +313,8 @@ class _Pending:
         rows = torch.empty(hits.rows.shape, dtype=hits.rows.dtype, pin_memory=True)
         scores.copy_(hits.scores, non_blocking=True)
         rows.copy_(hits.rows, non_blocking=True)
-        # The device tensors were made on this stream; the copies keep them alive until done.
+        # The device tensors were made on this stream, so the allocator hands their memory out
+        # again only to work queued behind these copies.
         event = torch.cuda.Event()
         event.record(stream)
         return cls(scores, rows, event)

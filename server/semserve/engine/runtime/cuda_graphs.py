@@ -17,10 +17,14 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import Callable, TypeVar
 
 import torch
 
 log = logging.getLogger(__name__)
+
+K = TypeVar("K")
+T = TypeVar("T")
 
 # Rows of padding cost GPU time like real rows: above 32, buckets are at most 32 rows apart up
 # to 256 (a 151-text batch replays 160 rows, not 256), 64 apart beyond. More buckets are more
@@ -52,6 +56,17 @@ def bucket_for(rows: int, width: int, max_width: int,
     if batch is None or width > max_width:
         return None
     return batch, min(length, max(max_width, width))
+
+
+def capture_or_none(capture: Callable[[K], T], key: K, device: torch.device) -> T | None:
+    """``capture(key)``, or None (logged) when the model's forward cannot be captured; the caller
+    then turns its graphs off and serves eagerly."""
+    try:
+        return capture(key)
+    except Exception:
+        log.warning("CUDA graph capture failed; this replica runs eagerly from now on", exc_info=True)
+        torch.cuda.synchronize(device)
+        return None
 
 
 class GraphedForward:
@@ -104,13 +119,10 @@ class GraphedForward:
     def _capture_or_disable(self, key: tuple[int, int]) -> _Graph | None:
         """The bucket's graph, captured now; None, and graphs off for good, when the model's
         forward cannot be captured (it still serves, eagerly)."""
-        try:
-            return self._capture(key)
-        except Exception:
-            log.warning("CUDA graph capture failed; this replica runs eagerly from now on", exc_info=True)
+        entry = capture_or_none(self._capture, key, self.device)
+        if entry is None:
             self.enabled = False
-            torch.cuda.synchronize(self.device)
-            return None
+        return entry
 
     def _capture(self, key: tuple[int, int]) -> _Graph:
         batch, length = key

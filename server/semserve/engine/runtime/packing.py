@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from semserve.engine.batching.requests import BatchPart
+from semserve.engine.runtime.cuda_graphs import capture_or_none
 from semserve.engine.runtime.runners import collect_outputs, queue_outputs
 from semserve.models.packed import PackedInputs
 
@@ -154,11 +155,6 @@ class PackedRunner:
         model.enable_packing()
         self.set_batch_limits(DEFAULT_MAX_TOKENS, DEFAULT_MAX_ROWS)
 
-    @property
-    def graphs(self):
-        """Whether graphs are in use (for reporting); None without them."""
-        return self if self._graphs_on else None
-
     def set_batch_limits(self, max_batch_tokens: int, max_batch_size: int) -> list[int]:
         """Size the graphs for the batcher's limits; returns the graphs' slot counts (for info).
         Graphs sized for other limits are dropped (recaptured on demand)."""
@@ -230,9 +226,7 @@ class PackedRunner:
         with torch.inference_mode():
             return queue_outputs(self._forward(batch)[:batch.rows].float())
 
-    @staticmethod
-    def collect(handle) -> np.ndarray:
-        return collect_outputs(handle)
+    collect = staticmethod(collect_outputs)
 
     def _forward(self, batch: PackedBatch) -> torch.Tensor:
         if batch.graphed and self._graphs_on:
@@ -245,13 +239,10 @@ class PackedRunner:
         return self.model.forward_packed(batch.inputs())
 
     def _capture_or_disable(self, layout: Layout):
-        try:
-            return self._capture(layout)
-        except Exception:
-            log.warning("CUDA graph capture failed; this replica runs eagerly from now on", exc_info=True)
+        entry = capture_or_none(self._capture, layout, self._device)
+        if entry is None:
             self._graphs_on = False
-            torch.cuda.synchronize(self._device)
-            return None
+        return entry
 
     def _capture(self, layout: Layout):
         # Any valid batch of this layout will do: the kernels' launch shapes depend on the layout only.

@@ -76,6 +76,32 @@ def pad_parts(parts: Sequence[BatchPart], pad_id: int, device: torch.device) -> 
     return PaddedBatch(tensor[0], tensor[1], tensor[2])
 
 
+def queue_outputs(out: torch.Tensor) -> np.ndarray | tuple[torch.Tensor, torch.cuda.Event]:
+    """A batch's float32 outputs on their way to host memory. On a GPU this returns before the
+    device has computed them (they are in a page-locked buffer once the event completes; the next
+    batch's work queues behind it on the same stream, which also keeps a CUDA graph's static
+    output intact until copied). Elsewhere they are returned at once."""
+    if out.device.type != "cuda":
+        return out.cpu().numpy()
+    host = torch.empty(out.shape, dtype=torch.float32, pin_memory=True)
+    host.copy_(out, non_blocking=True)
+    # A blocking event: the collect thread sleeps until the batch is done instead of
+    # spinning a core (CUDA's default wait), a core the front ends can use.
+    done = torch.cuda.Event(blocking=True)
+    done.record()
+    return host, done
+
+
+def collect_outputs(handle: np.ndarray | tuple[torch.Tensor, torch.cuda.Event]) -> np.ndarray:
+    """Wait (without the GIL) for a launched batch and return its rows; the page-locked
+    buffer is copied out so that it returns to torch's cache at once."""
+    if isinstance(handle, np.ndarray):
+        return handle
+    host, done = handle
+    done.synchronize()
+    return host.numpy().copy()
+
+
 class ModelRunner:
     """Any head that maps padded token ids to one output row per input: pooled embeddings for a
     bi-encoder (normalised if its folder says so), logits (one per label) for a cross-encoder."""
@@ -136,32 +162,4 @@ class ModelRunner:
             out = self._forward(batch.input_ids, batch.attention_mask, batch.token_type_ids)
             return queue_outputs(out.float())
 
-    @staticmethod
-    def collect(handle: np.ndarray | tuple[torch.Tensor, torch.cuda.Event]) -> np.ndarray:
-        return collect_outputs(handle)
-
-
-def queue_outputs(out: torch.Tensor) -> np.ndarray | tuple[torch.Tensor, torch.cuda.Event]:
-    """A batch's float32 outputs on their way to host memory. On a GPU this returns before the
-    device has computed them (they are in a page-locked buffer once the event completes; the next
-    batch's work queues behind it on the same stream, which also keeps a CUDA graph's static
-    output intact until copied). Elsewhere they are returned at once."""
-    if out.device.type != "cuda":
-        return out.cpu().numpy()
-    host = torch.empty(out.shape, dtype=torch.float32, pin_memory=True)
-    host.copy_(out, non_blocking=True)
-    # A blocking event: the collect thread sleeps until the batch is done instead of
-    # spinning a core (CUDA's default wait), a core the front ends can use.
-    done = torch.cuda.Event(blocking=True)
-    done.record()
-    return host, done
-
-
-def collect_outputs(handle: np.ndarray | tuple[torch.Tensor, torch.cuda.Event]) -> np.ndarray:
-    """Wait (without the GIL) for a launched batch and return its rows; the page-locked
-    buffer is copied out so that it returns to torch's cache at once."""
-    if isinstance(handle, np.ndarray):
-        return handle
-    host, done = handle
-    done.synchronize()
-    return host.numpy().copy()
+    collect = staticmethod(collect_outputs)
