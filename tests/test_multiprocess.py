@@ -125,6 +125,31 @@ def test_a_model_loaded_through_one_front_end_is_served_by_all(two_frontends, ti
     assert len(after) == 2
 
 
+def test_embed_and_search_replies_count_the_hop_to_the_engine(two_frontends):
+    """Timing.transport_time_us is the front end <-> engine crossing; a vector search makes one
+    crossing (no descriptor fetch first), and the engine still checks the vectors' width."""
+    with SemserveClient(two_frontends.address) as c:
+        embedded = c.encoder.Embed(encoder_pb2.EmbedRequest(model="tiny", texts=["a cat"]), timeout=30)
+        assert 0 < embedded.timing.transport_time_us <= embedded.timing.total_time_us
+        info = c.create_collection("hop", model="tiny")
+        c.upsert("hop", ["a", "b"], ["a cat", "a dog"])
+        vector = list(embedded.embeddings[0].values)
+        for queries in ([vector], "a cat"):
+            reply = c.search_collection("hop", queries, top_k=2)
+            assert reply.results[0].hits[0].id == "a"
+            timing = reply.timing
+            assert 0 < timing.transport_time_us <= timing.total_time_us
+            assert 0 < timing.inference_time_us <= timing.total_time_us
+        with pytest.raises(grpc.RpcError) as err:
+            c.search_collection("hop", [vector[:-1]], top_k=2)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert f"{info.dimension - 1} values; the collection's dimension is {info.dimension}" in err.value.details()
+        with pytest.raises(grpc.RpcError) as err:
+            c.search_collection("hop", [vector, vector[:-1]], top_k=2)
+        assert err.value.details() == f"query 1 has {info.dimension - 1} values; query 0's dimension is {info.dimension}"
+        c.drop_collection("hop")
+
+
 def test_a_deadline_that_expires_in_the_engine_queue_gives_deadline_exceeded_and_no_compute(two_frontends):
     with SemserveClient(two_frontends.address) as c:
         before = next(m.stats.items for m in c.info().models if m.name == "tiny")

@@ -18,10 +18,10 @@ from semserve.core.types import (
     EncodeResult,
     EngineInfo,
     FrontendCounters,
-    Hit,
     ModelDescriptor,
     ModelTable,
     ScoreResult,
+    SearchHits,
     StoredDocument,
     TokenBatch,
     TokenizerSpec,
@@ -71,7 +71,7 @@ class Core(Protocol):
     async def search(
         self, collection: str, queries: np.ndarray, top_k: int, where: dict[str, str],
         include_text: bool, include_metadata: bool,
-    ) -> list[list[Hit]]: ...
+    ) -> SearchHits: ...
 
     # -- info ------------------------------------------------------------------------------
     async def info(self) -> EngineInfo: ...

@@ -247,6 +247,15 @@ class Hit:
 
 
 @dataclass(slots=True)
+class SearchHits:
+    """A search's hits, per query best first, and its timing (``inference_s``: the scan and
+    the reads of text and metadata; ``transport_s``: the hop to the engine, when there is one)."""
+
+    hits: list[list[Hit]]
+    timing: Timing
+
+
+@dataclass(slots=True)
 class StoredDocument:
     id: str
     text: str

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -37,7 +38,9 @@ from semserve.core.types import (
     ModelDescriptor,
     ModelTable,
     ScoreResult,
+    SearchHits,
     StoredDocument,
+    Timing,
     TokenBatch,
     TokenizerSpec,
 )
@@ -278,14 +281,21 @@ class Engine:
     async def search(
         self, collection: str, queries: np.ndarray, top_k: int, where: dict[str, str],
         include_text: bool, include_metadata: bool,
-    ) -> list[list[Hit]]:
+    ) -> SearchHits:
         target = self.store.get(collection)
-        if queries.ndim != 2 or queries.shape[1] != target.spec.dimension:
-            raise InvalidArgument(
-                f"query vectors have shape {queries.shape}; the collection's dimension is {target.spec.dimension}"
-            )
+        dimension = target.spec.dimension
+        if queries.ndim != 2 or queries.shape[1] != dimension:
+            # Front ends leave this check to the engine for vector queries, so that a search
+            # costs one round trip: the message says what the caller sent against what is held.
+            sent = f"{queries.shape[1]} values" if queries.ndim == 2 else f"shape {queries.shape}"
+            raise InvalidArgument(f"the query vectors have {sent}; the collection's dimension is {dimension}")
 
-        def search() -> list[list[Hit]]:
+        def search() -> SearchHits:
+            started = time.monotonic()
+            hits = read_hits()
+            return SearchHits(hits, Timing(inference_s=time.monotonic() - started))
+
+        def read_hits() -> list[list[Hit]]:
             with SEARCH_SECONDS.labels(collection).time():
                 hits = target.search(queries, top_k, where)
             if not (include_text or include_metadata):

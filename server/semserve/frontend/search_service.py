@@ -35,10 +35,10 @@ STREAM_WINDOW = 4
 NAME_RULE = "1-128 characters, letters, digits, '_', '-', '.', starting with a letter or digit"
 
 
-def check_vector(values, dimension: int, what: str) -> np.ndarray:
+def check_vector(values, dimension: int, what: str, against: str = "the collection's") -> np.ndarray:
     vector = np.asarray(values, dtype=np.float32)
     if vector.shape[0] != dimension:
-        raise invalid_argument(f"{what} has {vector.shape[0]} values; the collection's dimension is {dimension}")
+        raise invalid_argument(f"{what} has {vector.shape[0]} values; {against} dimension is {dimension}")
     if not np.isfinite(vector).all():
         raise invalid_argument(f"{what} holds a NaN or infinite value")
     return vector
@@ -299,38 +299,30 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
                     f"top_k {request.top_k} is over max_documents_per_rerank ({limits.max_documents_per_rerank}), "
                     "the candidates a rerank stage may score"
                 )
-        collection = await self._collection(request.collection)
-        dimension = collection.dimension
-        queries = np.empty((len(request.queries), dimension), dtype=np.float32)
-        texts: dict[int, str] = {}
         for i, query in enumerate(request.queries):
             kind = query.WhichOneof("query")
             if kind == "text":
                 if not query.text.strip():
                     raise invalid_argument(f"query {i} is an empty text")
-                texts[i] = query.text
             elif kind == "vector":
                 if rerank:
                     raise invalid_argument(f"query {i} is a vector; a rerank stage needs text queries")
-                queries[i] = check_vector(query.vector.values, dimension, f"query {i}")
             else:
                 raise invalid_argument(f"query {i} is empty; set text or vector")
         timing = Timing()
-        if texts:
-            order = sorted(texts)
-            matrix, parts = await self._embed_texts(collection, [texts[i] for i in order], deadline,
-                                                    collection.query_prompt)
-            queries[order] = matrix
-            timing.merge(parts)
-        hits = await self._core.search(
-            collection.name, queries, request.top_k, dict(request.filter),
+        queries = await self._query_matrix(request, deadline, timing)
+        found = await self._core.search(
+            request.collection, queries, request.top_k, dict(request.filter),
             request.include_text or rerank, request.include_metadata,
         )
+        timing.merge(found.timing)
+        hits = found.hits
         ranked: list[list[tuple[Hit, float]]]
         if rerank:
-            ranked = await asyncio.gather(
-                *(self._rerank(request.rerank, texts[i], q, deadline, timing) for i, q in enumerate(hits))
-            )
+            ranked = await asyncio.gather(*(
+                self._rerank(request.rerank, request.queries[i].text, q, deadline, timing)
+                for i, q in enumerate(hits)
+            ))
         else:
             ranked = [[(h, h.score) for h in q] for q in hits]
         results = []
@@ -345,6 +337,33 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
                 out.append(hit)
             results.append(search_pb2.SearchResult(hits=out))
         return search_pb2.SearchResponse(results=results, timing=timing_proto(timing, time.monotonic() - started))
+
+    async def _query_matrix(self, request, deadline: float | None, timing: Timing) -> np.ndarray:
+        """The queries as one (queries, dimension) float32 matrix, text queries embedded.
+
+        Vector queries alone need no word from the engine before the search: their common
+        length is the matrix's width and the engine checks it against the collection's, so a
+        search costs one round trip. Text queries need the collection's model and prompt.
+        """
+        texts = {i: q.text for i, q in enumerate(request.queries) if q.WhichOneof("query") == "text"}
+        if not texts:
+            width = len(request.queries[0].vector.values)
+            queries = np.empty((len(request.queries), width), dtype=np.float32)
+            for i, query in enumerate(request.queries):
+                queries[i] = check_vector(query.vector.values, width, f"query {i}", "query 0's")
+            return queries
+        collection = await self._collection(request.collection)
+        dimension = collection.dimension
+        queries = np.empty((len(request.queries), dimension), dtype=np.float32)
+        for i, query in enumerate(request.queries):
+            if i not in texts:
+                queries[i] = check_vector(query.vector.values, dimension, f"query {i}")
+        order = sorted(texts)
+        matrix, parts = await self._embed_texts(collection, [texts[i] for i in order], deadline,
+                                                collection.query_prompt)
+        queries[order] = matrix
+        timing.merge(parts)
+        return queries
 
     async def _rerank(self, stage, query: str, candidates: list[Hit], deadline: float | None,
                       timing: Timing) -> list[tuple[Hit, float]]:
