@@ -144,13 +144,38 @@ def test_fused_kernel_on_the_gpu_equals_a_float32_brute_force(queries, k):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton kernel needs a CUDA device")
+@pytest.mark.parametrize("queries, k, dimension", [(1, 10, 384), (5, 128, 100), (70, 3, 768)])
+def test_rescoring_kernel_on_the_gpu_equals_its_reference(queries, k, dimension):
+    """On the GPU machine: the rescoring kernel gives the reference's rows, and its scores to
+    one fp16 rounding step, for groups that run past the used rows and rows a mask excludes."""
+    from semserve.search.group_max import rescore_reference, rescore_triton, triton_available
+
+    if not triton_available():
+        pytest.skip("Triton is not importable")
+    generator = torch.Generator().manual_seed(queries * k)
+    rows, used = 10_000, 9_990  # the last group is ragged
+    matrix = torch.nn.functional.normalize(torch.randn(rows, dimension, generator=generator), dim=1).half().cuda()
+    valid = (torch.rand(rows, generator=generator) > 0.2).cuda()
+    q = torch.nn.functional.normalize(torch.randn(queries, dimension, generator=generator), dim=1).half().cuda()
+    groups = torch.randint(0, -(-used // GROUP), (queries, k), generator=generator).cuda()
+    groups[:, 0] = used // GROUP  # every query holds the ragged group
+    for mask in (None, valid):
+        want_scores, want_rows = rescore_reference(q, matrix, groups, used, mask)
+        got_scores, got_rows = rescore_triton(q, matrix, groups, used, mask)
+        live = torch.isfinite(want_scores)
+        assert torch.equal(live, torch.isfinite(got_scores))
+        assert torch.equal(got_rows[live], want_rows[live])
+        assert (got_scores[live] - want_scores[live]).abs().max().item() <= 1e-3
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton kernel needs a CUDA device")
 @pytest.mark.parametrize("dimension", [384, 100])
 def test_no_search_waits_for_a_kernel_compile_after_warm_up(dimension):
     """On the GPU machine: after ``warm_up`` for a collection's dimension, no row count, query
     count or mask compiles another variant (a compile takes a second or more; a call, far less)."""
     import time
 
-    from semserve.search.group_max import group_max_triton, triton_available, warm_up
+    from semserve.search.group_max import group_max_triton, rescore_triton, triton_available, warm_up
 
     if not triton_available():
         pytest.skip("Triton is not importable")
@@ -164,5 +189,7 @@ def test_no_search_waits_for_a_kernel_compile_after_warm_up(dimension):
                 torch.cuda.synchronize()
                 started = time.perf_counter()
                 group_max_triton(q, matrix[:rows], mask)
+                groups = torch.zeros((queries, 1 + queries % 5), dtype=torch.int64, device="cuda")
+                rescore_triton(q, matrix, groups, rows, mask)
                 torch.cuda.synchronize()
                 assert time.perf_counter() - started < 0.15, (rows, queries, mask is not None)

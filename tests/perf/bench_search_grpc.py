@@ -1,6 +1,7 @@
 """Search over gRPC end to end on a GPU server (not part of `make test`): a collection of random
 unit vectors loaded through BulkUpsert, then vector queries, 1 and 64 per call, from one client
-with one call in flight, timed at the client.
+with one call in flight, timed at the client; and a Health.Check round trip on the same
+channel, the floor under any call.
 
     python3 tests/perf/bench_search_grpc.py --minilm .models/minilm --rows 1000000 [--frontends auto]
     python3 tests/perf/bench_search_grpc.py --minilm .models/minilm --rows 4000000 --dimension 768
@@ -19,6 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from grpc_health.v1 import health_pb2
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "server"), str(ROOT / "client")]
@@ -94,6 +96,16 @@ def main() -> None:
                 out["load_s"] = time.perf_counter() - started
                 out["dimension"] = dim
                 print("loaded", args.rows, "rows in", round(out["load_s"], 1), "s", flush=True)
+                # The floor under any call: a Health.Check round trip on the same client and channel.
+                check = health_pb2.HealthCheckRequest()
+                floor = []
+                for i in range(args.calls + 10):
+                    t0 = time.perf_counter()
+                    client.health.Check(check, timeout=10)
+                    if i >= 10:
+                        floor.append(time.perf_counter() - t0)
+                out["health_check_round_trip"] = percentiles(floor)
+                print("health check:", json.dumps(out["health_check_round_trip"]), flush=True)
                 for per_call in (1, 64):
                     calls = args.calls if per_call == 1 else max(20, args.calls // 10)
                     queries = rng.standard_normal((calls + 10, per_call, dim), dtype=np.float32)

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "server"), str(ROOT / "client")]
 
 from semserve.config import SearchConfig  # noqa: E402
-from semserve.search.group_max import GROUP, group_max_reference, group_max_triton  # noqa: E402
+from semserve.search.group_max import GROUP, group_max_reference, group_max_triton, rescore_triton  # noqa: E402
 from semserve.search.topk import exact_topk, fused_applies, grouped_shard_topk, shard_topk, step_rows  # noqa: E402
 
 
@@ -59,7 +59,7 @@ def exactness(dim: int) -> dict:
         got = group_max_triton(queries, matrix, mask)
         out[f"maxima_max_abs_diff_{n}"] = float((got.float() - want.float()).abs().max())
         for k in (1, 10, 100):
-            hits = grouped_shard_topk(matrix, rows, queries, k, 1 << 30, mask, group_max_triton)
+            hits = grouped_shard_topk(matrix, rows, queries, k, 1 << 30, mask, group_max_triton, rescore_triton)
             exact = (queries.float() @ matrix.float().T).masked_fill(~mask, float("-inf"))
             best, ids = torch.topk(exact, k, dim=1)
             mismatched = 0
@@ -98,7 +98,7 @@ def speed(rows: int, dim: int) -> dict:
 
     def fused(q: torch.Tensor, k: int):
         step = step_rows(layout.chunk_rows, q.shape[0], layout.max_score_elements)
-        return grouped_shard_topk(matrix, rows, q, k, step * GROUP, None, group_max_triton)
+        return grouped_shard_topk(matrix, rows, q, k, step * GROUP, None, group_max_triton, rescore_triton)
 
     def end_to_end(q_cpu: torch.Tensor, k: int):
         return exact_topk([(matrix, rows, None)], q_cpu, k, layout.chunk_rows, layout.max_score_elements)

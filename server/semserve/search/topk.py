@@ -14,7 +14,14 @@ from dataclasses import dataclass
 
 import torch
 
-from semserve.search.group_max import GROUP, group_max_reference, group_max_triton, triton_available
+from semserve.search.group_max import (
+    GROUP,
+    group_max_reference,
+    group_max_triton,
+    rescore_reference,
+    rescore_triton,
+    triton_available,
+)
 
 NEG_INF = float("-inf")
 # The fused path rescores k x GROUP rows per query. Measured on an H100 (docs/benchmarks.md),
@@ -149,6 +156,12 @@ def rescoring_fits(k: int, num_queries: int, used_rows: int) -> bool:
     return num_queries * k * GROUP <= max(used_rows, k * GROUP)
 
 
+def _rescore_in_blocks(queries, matrix, groups, used_rows, mask):
+    """The reference rescoring, its gathers bounded by RESCORE_BYTES (read when called, so a
+    test can lower it)."""
+    return rescore_reference(queries, matrix, groups, used_rows, mask, RESCORE_BYTES)
+
+
 def grouped_shard_topk(
     matrix: torch.Tensor,
     used_rows: int,
@@ -157,6 +170,7 @@ def grouped_shard_topk(
     step_rows: int,
     mask: torch.Tensor | None = None,
     group_max=group_max_reference,
+    rescore=None,
 ) -> ShardHits:
     """``shard_topk`` through group maxima: ``group_max`` gives, per query, the best score of
     every GROUP consecutive rows (one kernel on a GPU, no score matrix in memory); the k groups
@@ -164,9 +178,9 @@ def grouped_shard_topk(
 
     Exact: a row outside those groups has k group maxima at least as large above it, so it is
     not in the top k (ties aside). ``step_rows`` (a multiple of GROUP) bounds the maxima buffer.
+    ``rescore`` scores the kept groups' rows (search/group_max.py; by default the torch reference).
     """
-    num_queries = queries.shape[0]
-    device = matrix.device
+    rescore = rescore or _rescore_in_blocks
     step_rows = max(GROUP, step_rows // GROUP * GROUP)
     kept_maxima, kept_groups = [], []
     for start in range(0, used_rows, step_rows):
@@ -176,32 +190,15 @@ def grouped_shard_topk(
         keep = min(k, maxima.shape[1])
         values, groups = torch.topk(maxima, keep, dim=1, sorted=False)
         kept_maxima.append(values)
-        kept_groups.append(groups + start // GROUP)
+        kept_groups.append(groups + start // GROUP if start else groups)
     maxima = kept_maxima[0] if len(kept_maxima) == 1 else torch.cat(kept_maxima, dim=1)
     groups = kept_groups[0] if len(kept_groups) == 1 else torch.cat(kept_groups, dim=1)
     if maxima.shape[1] > k:
         _, picked = torch.topk(maxima, k, dim=1, sorted=False)
         groups = torch.gather(groups, 1, picked)
-    rows = (groups.unsqueeze(2) * GROUP + torch.arange(GROUP, device=device)).reshape(num_queries, -1)
-    outside = rows >= used_rows
-    rows = rows.clamp_(max=used_rows - 1)
-    # The candidates' vectors are gathered for a block of queries at a time: (queries, k x GROUP,
-    # dim) would be 6 GB for 1024 queries with k = 128 at 768 dimensions.
-    per_query = rows.shape[1] * matrix.shape[1] * matrix.element_size()
-    block = max(1, RESCORE_BYTES // per_query)
-    best_scores, best_rows = [], []
-    for first in range(0, num_queries, block):
-        some = rows[first:first + block]
-        scores = torch.bmm(matrix[some], queries[first:first + block].unsqueeze(2)).squeeze(2)
-        scores.masked_fill_(outside[first:first + block], NEG_INF)
-        if mask is not None:
-            scores.masked_fill_(~mask[some], NEG_INF)
-        best, picked = torch.topk(scores, min(k, scores.shape[1]), dim=1, sorted=False)
-        best_scores.append(best)
-        best_rows.append(torch.gather(some, 1, picked))
-    if len(best_scores) == 1:
-        return ShardHits(best_scores[0].float(), best_rows[0])
-    return ShardHits(torch.cat(best_scores).float(), torch.cat(best_rows))
+    scores, rows = rescore(queries, matrix, groups, used_rows, mask)
+    best, picked = torch.topk(scores, min(k, scores.shape[1]), dim=1, sorted=False)
+    return ShardHits(best, torch.gather(rows, 1, picked))
 
 
 def merge_topk(
@@ -279,7 +276,7 @@ def _search_shard(matrix: torch.Tensor, used_rows: int, queries: torch.Tensor, k
     q = queries.to(device=matrix.device, dtype=dtype, non_blocking=True)
     if fused_applies(matrix, k, queries.shape[0], used_rows):
         # The buffer holds one maximum per GROUP rows: GROUP times the rows per step.
-        return grouped_shard_topk(matrix, used_rows, q, k, step * GROUP, mask, group_max_triton)
+        return grouped_shard_topk(matrix, used_rows, q, k, step * GROUP, mask, group_max_triton, rescore_triton)
     return shard_topk(matrix, used_rows, q, k, step, mask)
 
 
