@@ -1,0 +1,83 @@
+"""The IPC wire format: messages round-trip intact, and the types every call and reply carries
+are named by extension code, not by module and name, so unpickling a message makes no
+``find_class`` call and fires no audit event (whose Python hooks cost the engine per message)."""
+
+from __future__ import annotations
+
+import os
+import pickletools
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import zmq
+
+from semserve.core.types import EncodeResult, Hit, ScoreResult, SearchHits, Timing, TokenBatch
+from semserve.ipc.wire import CALL, pack, unpack
+
+BIG = 8192  # above the inline limit: travels as a frame of its own
+
+
+def messages(large: bool = True) -> list:
+    """A call message and a reply of each kind. With ``large``, the call also carries a request
+    whose ids exceed the inline limit: NumPy pickles such an array itself, naming its own
+    rebuilders in full, which one message of that size easily carries."""
+    small = TokenBatch.from_lists([[101, 7, 8, 102], [101, 9, 102]], [[0, 0, 1, 1], [0, 1, 1]])
+    large = TokenBatch.from_lists([[101] + list(range(1000, 1000 + BIG)) + [102]]) if large else small
+    return [
+        [(CALL, 1, "encode", ("m", small, 12.5), {}), (CALL, 2, "encode", ("m", large, None), {})],
+        [(1, True, EncodeResult(np.arange(2 * 384, dtype=np.float32).reshape(2, 384), Timing(queue_s=0.5)), 3, 0.1)],
+        [(2, True, ScoreResult(np.array([0.25, -1.5], dtype=np.float32), Timing(batches=2)), 3, 0.2)],
+        [(3, True, SearchHits([[Hit("a", 0.9, "text", {"k": "v"}), Hit("b", 0.1, present=False)]], Timing()), 3, 0.0)],
+    ]
+
+
+def round_trip(message):
+    return unpack([zmq.Frame(f) for f in pack(message)])
+
+
+def test_messages_round_trip_with_their_arrays():
+    calls, encoded, scored, found = (round_trip(m) for m in messages())
+    small, large = calls[0][3][1], calls[1][3][1]
+    want = messages()[0]
+    for got, sent in ((small, want[0][3][1]), (large, want[1][3][1])):
+        assert np.array_equal(got.ids, sent.ids) and np.array_equal(got.offsets, sent.offsets)
+    assert np.array_equal(small.type_ids, want[0][3][1].type_ids) and large.type_ids is None
+    assert calls[0][3][2] == 12.5 and calls[1][3][2] is None
+    vectors = encoded[0][2].vectors
+    assert vectors.shape == (2, 384) and vectors.dtype == np.float32 and vectors[1, 0] == 384
+    assert encoded[0][2].timing.queue_s == 0.5
+    assert np.array_equal(scored[0][2].scores, np.array([0.25, -1.5], dtype=np.float32))
+    assert found[0][2].hits[0][0] == Hit("a", 0.9, "text", {"k": "v"}) and not found[0][2].hits[0][1].present
+
+
+def test_the_carried_types_are_named_by_extension_code():
+    for message in messages(large=False):
+        header = pack(message)[0]
+        opcodes = {op.name for op, _, _ in pickletools.genops(header)}
+        assert not opcodes & {"GLOBAL", "STACK_GLOBAL", "INST"}, opcodes
+        assert "EXT1" in opcodes
+
+
+def test_unpacking_a_message_fires_no_audit_event_once_its_codes_are_known():
+    """In a process of its own: an audit hook cannot be removed once added."""
+    script = """
+import sys
+import zmq
+from test_wire import messages
+from semserve.ipc.wire import pack, unpack
+frames = [[zmq.Frame(f) for f in pack(m)] for m in messages(large=False)]
+for message in frames:
+    unpack(message)  # the first sight of each code resolves it once
+events = []
+sys.addaudithook(lambda event, _args: events.append(event) if event.startswith("pickle") else None)
+for message in frames:
+    unpack(message)
+print(events)
+"""
+    here = str(Path(__file__).resolve().parent)
+    path = os.pathsep.join([here, os.environ.get("PYTHONPATH", ""), *sys.path])
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHONPATH": path}, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
