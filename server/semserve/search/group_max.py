@@ -214,8 +214,9 @@ def rescore_triton(queries: torch.Tensor, matrix: torch.Tensor, groups: torch.Te
 @functools.cache
 def warm_up(device: str, dtype: torch.dtype, dimension: int = 16) -> None:
     """Compile every variant the searches of one device, dtype and dimension use (three tile
-    shapes and the rescoring, with and without a row mask) on a tiny input, so that no search waits for a compile.
-    Dimensions in one specialisation class (say, multiples of 16) share their variants."""
+    shapes and the rescoring, with and without a row mask) on a tiny input, so that no search
+    waits for a compile. Dimensions in one specialisation class (say, multiples of 16) share
+    their variants."""
     rows = torch.zeros((64, dimension), dtype=dtype, device=device)
     valid = torch.ones(64, dtype=torch.bool, device=device)
     for num_queries in (1, 32, 128):
