@@ -397,9 +397,9 @@ def scaling_bench(args: argparse.Namespace, minilm: Path, bert: Path, ce: Path) 
         proc, address = start_server(args, {"minilm": minilm, "bert-base": bert}, ce, device=devices,
                                      frontends="auto")
         try:
-            for model in ("minilm", "bert-base"):
+            for model, mode in (("minilm", "embed"), ("bert-base", "embed"), ("ce", "rerank")):
                 log(f"scaling: {model} on {devices}")
-                out[f"{model}@{devices}"] = load(address, args, mode="embed", model=model, concurrency=128,
+                out[f"{model}@{devices}"] = load(address, args, mode=mode, model=model, concurrency=128,
                                                  request_size=32)
         finally:
             proc.terminate()
