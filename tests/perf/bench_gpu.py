@@ -397,9 +397,12 @@ def scaling_bench(args: argparse.Namespace, minilm: Path, bert: Path, ce: Path) 
         proc, address = start_server(args, {"minilm": minilm, "bert-base": bert}, ce, device=devices,
                                      frontends="auto")
         try:
+            # The offered load grows with the devices, so each one's batches are as full as the
+            # single GPU's (128 requests shared by two GPUs halved them: docs/benchmarks.md).
+            in_flight = 128 * len(devices.split(","))
             for model, mode in (("minilm", "embed"), ("bert-base", "embed"), ("ce", "rerank")):
-                log(f"scaling: {model} on {devices}")
-                out[f"{model}@{devices}"] = load(address, args, mode=mode, model=model, concurrency=128,
+                log(f"scaling: {model} on {devices}, {in_flight} requests in flight")
+                out[f"{model}@{devices}"] = load(address, args, mode=mode, model=model, concurrency=in_flight,
                                                  request_size=32)
         finally:
             proc.terminate()
