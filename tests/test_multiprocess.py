@@ -125,14 +125,16 @@ def test_a_model_loaded_through_one_front_end_is_served_by_all(two_frontends, ti
     assert len(after) == 2
 
 
-def test_embed_and_search_replies_count_the_hop_to_the_engine(two_frontends):
+def test_embed_upsert_and_search_replies_count_the_hop_to_the_engine(two_frontends):
     """Timing.transport_time_us is the front end <-> engine crossing; a vector search makes one
     crossing (no descriptor fetch first), and the engine still checks the vectors' width."""
     with SemserveClient(two_frontends.address) as c:
         embedded = c.encoder.Embed(encoder_pb2.EmbedRequest(model="tiny", texts=["a cat"]), timeout=30)
         assert 0 < embedded.timing.transport_time_us <= embedded.timing.total_time_us
         info = c.create_collection("hop", model="tiny")
-        c.upsert("hop", ["a", "b"], ["a cat", "a dog"])
+        for stored in (c.upsert("hop", ["a", "b"], ["a cat", "a dog"]),
+                       c.upsert("hop", ["c"], embeddings=[[-v for v in embedded.embeddings[0].values]])):
+            assert 0 < stored.timing.transport_time_us <= stored.timing.total_time_us
         vector = list(embedded.embeddings[0].values)
         for queries in ([vector], "a cat"):
             reply = c.search_collection("hop", queries, top_k=2)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from semserve.core.types import EncodeResult, Hit, ScoreResult, SearchHits, Timing, TokenBatch
+from semserve.core.types import EncodeResult, Hit, ScoreResult, SearchHits, Timing, TokenBatch, Upserted
 from semserve.ipc.wire import CALL, pack, unpack
 
 BIG = 8192  # above the inline limit: travels as a frame of its own
@@ -30,6 +30,7 @@ def messages(large: bool = True) -> list:
         [(1, True, EncodeResult(np.arange(2 * 384, dtype=np.float32).reshape(2, 384), Timing(queue_s=0.5)), 3, 0.1)],
         [(2, True, ScoreResult(np.array([0.25, -1.5], dtype=np.float32), Timing(batches=2)), 3, 0.2)],
         [(3, True, SearchHits([[Hit("a", 0.9, "text", {"k": "v"}), Hit("b", 0.1, present=False)]], Timing()), 3, 0.0)],
+        [(4, True, Upserted(7, Timing(transport_s=0.25)), 3, 0.0)],
     ]
 
 
@@ -38,7 +39,7 @@ def round_trip(message):
 
 
 def test_messages_round_trip_with_their_arrays():
-    calls, encoded, scored, found = (round_trip(m) for m in messages())
+    calls, encoded, scored, found, stored = (round_trip(m) for m in messages())
     small, large = calls[0][3][1], calls[1][3][1]
     want = messages()[0]
     for got, sent in ((small, want[0][3][1]), (large, want[1][3][1])):
@@ -50,6 +51,7 @@ def test_messages_round_trip_with_their_arrays():
     assert encoded[0][2].timing.queue_s == 0.5
     assert np.array_equal(scored[0][2].scores, np.array([0.25, -1.5], dtype=np.float32))
     assert found[0][2].hits[0][0] == Hit("a", 0.9, "text", {"k": "v"}) and not found[0][2].hits[0][1].present
+    assert stored[0][2] == Upserted(7, Timing(transport_s=0.25))
 
 
 def test_the_carried_types_are_named_by_extension_code():

@@ -25,6 +25,7 @@ from semserve.core.types import (
     StoredDocument,
     TokenBatch,
     TokenizerSpec,
+    Upserted,
 )
 
 
@@ -60,7 +61,7 @@ class Core(Protocol):
     async def upsert(
         self, collection: str, ids: list[str], texts: list[str], metadata: list[dict[str, str]],
         vectors: np.ndarray,
-    ) -> int: ...
+    ) -> Upserted: ...
 
     async def delete(self, collection: str, ids: list[str]) -> int: ...
 

@@ -264,6 +264,15 @@ class SearchHits:
 
 
 @dataclass(slots=True)
+class Upserted:
+    """How many documents an upsert stored, and its timing (``transport_s``: the hop to the
+    engine, when there is one; the commit itself is the rest of the call's total)."""
+
+    count: int
+    timing: Timing
+
+
+@dataclass(slots=True)
 class StoredDocument:
     id: str
     text: str
@@ -295,7 +304,7 @@ class EngineInfo:
 # Python 3.12 cost the engine about 4 us per message (docs/benchmarks.md). Every process of a
 # server imports this module before it pickles or unpickles a message.
 _WIRE_EXTENSIONS = {240: "_token_batch", 241: "_encode_result", 242: "_score_result", 243: "Timing",
-                    244: "Hit", 245: "SearchHits"}
+                    244: "Hit", 245: "SearchHits", 246: "Upserted"}
 
 
 def _register_wire_extensions() -> None:

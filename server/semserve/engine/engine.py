@@ -43,6 +43,7 @@ from semserve.core.types import (
     Timing,
     TokenBatch,
     TokenizerSpec,
+    Upserted,
 )
 from semserve.engine.batching import QueuedRequest
 from semserve.engine.registry import HostedModel, ModelRegistry, describe, load_model
@@ -256,7 +257,7 @@ class Engine:
 
     async def upsert(
         self, collection: str, ids: list[str], texts: list[str], metadata: list[dict[str, str]], vectors: np.ndarray,
-    ) -> int:
+    ) -> Upserted:
         """Acknowledged once committed to disk (with a data dir) and searchable."""
         target = self.store.get(collection)
         dimension = target.spec.dimension
@@ -265,7 +266,7 @@ class Engine:
                 f"{len(ids)} documents need {len(ids)} vectors of dimension {dimension}, got shape {vectors.shape}"
             )
         await self._blocking(target.upsert, ids, texts, metadata, vectors)
-        return len(ids)
+        return Upserted(len(ids), Timing())
 
     async def delete(self, collection: str, ids: list[str]) -> int:
         target = self.store.get(collection)

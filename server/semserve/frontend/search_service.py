@@ -190,8 +190,9 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     async def Upsert(self, request, context):
         started = time.monotonic()
         name, ids, texts, metadata, vectors, timing = await self._prepare_upsert(request, deadline_of(context))
-        upserted = await self._core.upsert(name, ids, texts, metadata, vectors)
-        return search_pb2.UpsertResponse(upserted=upserted, timing=timing_proto(timing, time.monotonic() - started))
+        stored = await self._core.upsert(name, ids, texts, metadata, vectors)
+        timing.merge(stored.timing)
+        return search_pb2.UpsertResponse(upserted=stored.count, timing=timing_proto(timing, time.monotonic() - started))
 
     async def BulkUpsert(self, request_iterator: AsyncIterator, context):
         upserted, timing = await self._upsert_stream(request_iterator, context)
@@ -223,8 +224,10 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             except Exception as exc:
                 code, message = status_for(exc)
                 raise _MessageFailed(code, f"message {number}: {message}") from None
-            upserted += await self._core.upsert(name, ids, texts, metadata, vectors)
+            stored = await self._core.upsert(name, ids, texts, metadata, vectors)
+            upserted += stored.count
             timing.merge(parts)
+            timing.merge(stored.timing)
 
         try:
             async for request in request_iterator:
