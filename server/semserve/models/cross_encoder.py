@@ -44,7 +44,7 @@ from semserve.models.backbone import (
     resolve_max_tokens,
 )
 from semserve.models.errors import ModelLoadError
-from semserve.models.packed import PackedBert, PackedInputs, packing_refusal
+from semserve.models.packed import PackedBert, PackedInputs, packing_refusal, pool_packed
 from semserve.models.st_folder import (
     import_torch_module,
     read_json_object,
@@ -122,8 +122,7 @@ class CrossEncoder(nn.Module):
     def forward_packed(self, inputs: PackedInputs) -> Tensor:
         """Classifier logits [slots, num_labels] for a packed batch of pairs: the first token
         of each slot through BERT's pooler and the classifier, as the padded forward does."""
-        tokens = self.__dict__["_packed"](inputs)
-        first = tokens[inputs.cu_seqlens[:-1].long().clamp(max=tokens.shape[0] - 1)]
+        first = pool_packed(("cls",), self.__dict__["_packed"](inputs), inputs)
         pooler = self.model.bert.pooler
         return self.model.classifier(pooler.activation(pooler.dense(first)))
 

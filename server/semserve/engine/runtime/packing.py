@@ -22,7 +22,7 @@ import torch
 
 from semserve.engine.batching.requests import BatchPart
 from semserve.engine.runtime.cuda_graphs import capture_or_none
-from semserve.engine.runtime.runners import collect_outputs, queue_outputs
+from semserve.engine.runtime.runners import ModelRunner, collect_outputs, queue_outputs
 from semserve.models.packed import PackedInputs
 
 log = logging.getLogger(__name__)
@@ -272,8 +272,6 @@ class PackedRunner:
 def make_runner(model, pad_id: int, cuda_graphs: bool, unpadded: bool):
     """A packed runner where the model and device allow it and ``unpadded`` is on, else the
     padded ``ModelRunner``."""
-    from semserve.engine.runtime.runners import ModelRunner
-
     refusal = model.packing_refusal() if unpadded and hasattr(model, "packing_refusal") else "unpadded is off"
     if refusal is None:
         log.info("%s on %s runs unpadded", getattr(model, "path", "model"), model.device)
