@@ -302,18 +302,20 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
                     f"top_k {request.top_k} is over max_documents_per_rerank ({limits.max_documents_per_rerank}), "
                     "the candidates a rerank stage may score"
                 )
+        texts: dict[int, str] = {}
         for i, query in enumerate(request.queries):
             kind = query.WhichOneof("query")
             if kind == "text":
                 if not query.text.strip():
                     raise invalid_argument(f"query {i} is an empty text")
+                texts[i] = query.text
             elif kind == "vector":
                 if rerank:
                     raise invalid_argument(f"query {i} is a vector; a rerank stage needs text queries")
             else:
                 raise invalid_argument(f"query {i} is empty; set text or vector")
         timing = Timing()
-        queries = await self._query_matrix(request, deadline, timing)
+        queries = await self._query_matrix(request, texts, deadline, timing)
         found = await self._core.search(
             request.collection, queries, request.top_k, dict(request.filter),
             request.include_text or rerank, request.include_metadata,
@@ -323,7 +325,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         ranked: list[list[tuple[Hit, float]]]
         if rerank:
             ranked = await asyncio.gather(*(
-                self._rerank(request.rerank, request.queries[i].text, q, deadline, timing)
+                self._rerank(request.rerank, texts[i], q, deadline, timing)
                 for i, q in enumerate(hits)
             ))
         else:
@@ -341,14 +343,15 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             results.append(search_pb2.SearchResult(hits=out))
         return search_pb2.SearchResponse(results=results, timing=timing_proto(timing, time.monotonic() - started))
 
-    async def _query_matrix(self, request, deadline: float | None, timing: Timing) -> np.ndarray:
-        """The queries as one (queries, dimension) float32 matrix, text queries embedded.
+    async def _query_matrix(self, request, texts: dict[int, str], deadline: float | None,
+                            timing: Timing) -> np.ndarray:
+        """The queries as one (queries, dimension) float32 matrix, the text queries (``texts``,
+        by position) embedded.
 
         Vector queries alone need no word from the engine before the search: their common
         length is the matrix's width and the engine checks it against the collection's, so a
         search costs one round trip. Text queries need the collection's model and prompt.
         """
-        texts = {i: q.text for i, q in enumerate(request.queries) if q.WhichOneof("query") == "text"}
         if not texts:
             width = len(request.queries[0].vector.values)
             queries = np.empty((len(request.queries), width), dtype=np.float32)
