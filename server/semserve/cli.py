@@ -88,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--metrics-host", default=_env("metrics_host", None),
                    help="address /metrics binds; default: --host (SEMSERVE_METRICS_HOST)")
     s.add_argument("--tokenizer-threads", type=int, default=_env("tokenizer_threads", 2))
+    s.add_argument("--no-merge-engine-calls", dest="merge_engine_calls", action="store_false",
+                   default=_env("merge_engine_calls", "1") not in ("0", "false", "no"),
+                   help="send every model call to the engine on its own, instead of merging a front end's concurrent "
+                   "calls of one model, none held past --max-queue-delay-ms (SEMSERVE_MERGE_ENGINE_CALLS=0)")
     s.add_argument("--log-level", default=_env("log_level", "INFO"))
     s.add_argument("--tracing", choices=("off", "otlp"), default=_env("tracing", "off"),
                    help="OpenTelemetry spans of each request (RPC, tokenize, engine, queue, inference) over OTLP to "
@@ -205,6 +209,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host or None,
         tokenizer_threads=args.tokenizer_threads,
+        merge_engine_calls=args.merge_engine_calls,
         log_level=args.log_level,
         tracing=args.tracing,
         security=security_config_from_args(args),

@@ -203,6 +203,9 @@ class ServerConfig:
     metrics_host: str | None = None
     # Threads that tokenize requests (fast tokenizers release the GIL).
     tokenizer_threads: int = 2
+    # A front end's concurrent calls of one model travel to the engine as one call, none held
+    # past max_queue_delay (frontend/merging.py); off: every call on its own.
+    merge_engine_calls: bool = True
     # Concurrent RPCs gRPC accepts before answering RESOURCE_EXHAUSTED itself.
     max_concurrent_rpcs: int = 10000
     log_level: str = "INFO"

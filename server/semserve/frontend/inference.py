@@ -15,6 +15,7 @@ from semserve.core.api import Core
 from semserve.core.types import CROSS_ENCODER, ENCODER, ModelDescriptor, Timing
 from semserve.frontend.call_metrics import CallMetrics
 from semserve.frontend.errors import invalid_argument
+from semserve.frontend.merging import CallMerger
 from semserve.frontend.models import ModelDirectory
 from semserve.frontend.prompts import prompted, resolve_prompt
 from semserve.frontend.tracing import Tracing, now_ns
@@ -52,8 +53,9 @@ class Outcome:
 
 class Inference:
     def __init__(self, core: Core, models: ModelDirectory, tokenize_pool: Executor, metrics: CallMetrics | None = None,
-                 tracing: Tracing | None = None):
+                 tracing: Tracing | None = None, merger: CallMerger | None = None):
         self.core = core
+        self.merger = merger or CallMerger()
         self.models = models
         self._pool = tokenize_pool
         self._metrics = metrics
@@ -98,6 +100,14 @@ class Inference:
         result.timing.tokenization_s += tokenization_s
         return tokenized, result
 
+    def _merged(self, lane, model: ModelDescriptor, batch, deadline: float | None, run):
+        """The engine call, merged with this process's concurrent calls of the lane
+        (frontend/merging.py); a group holds at most one batch."""
+        batching = model.batching
+        max_items = batching.max_batch_size if batching else 256
+        max_tokens = batching.max_batch_tokens if batching else 16384
+        return self.merger.call(lane, batch, deadline, run, max_items, max_tokens)
+
     async def embed(
         self, model_name: str, texts: Sequence[str], truncate: bool, normalize: bool, deadline: float | None,
         dimensions: int | None = None, truncate_left: bool = False, prompt_name: str | None = None,
@@ -111,7 +121,9 @@ class Inference:
             raise invalid_argument(
                 f"dimensions must be in 1..{model.dimension} (model {model.name!r}'s dimension), got {dimensions}")
         tokenized, result = await self._tokenize_and_run(
-            model, tokenizer, texts, truncate, "text", lambda batch: self.core.encode(model.name, batch, deadline),
+            model, tokenizer, texts, truncate, "text",
+            lambda batch: self._merged(("encode", model.name), model, batch, deadline,
+                                       lambda b, d: self.core.encode(model.name, b, d)),
             truncate_left)
         vectors = result.vectors if dimensions is None else result.vectors[:, :dimensions]
         vectors = l2_normalize(vectors) if normalize else vectors
@@ -125,5 +137,7 @@ class Inference:
         model, tokenizer = await self.models.get(model_name, CROSS_ENCODER)
         pairs = [(query, d) for d in documents]
         tokenized, result = await self._tokenize_and_run(
-            model, tokenizer, pairs, truncate, "pair", lambda batch: self.core.score(model.name, batch, raw, deadline))
+            model, tokenizer, pairs, truncate, "pair",
+            lambda batch: self._merged(("score", model.name, raw), model, batch, deadline,
+                                       lambda b, d: self.core.score(model.name, b, raw, d)))
         return Outcome(model, result.scores, tokenized, result.timing)

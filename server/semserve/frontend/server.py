@@ -26,6 +26,7 @@ from semserve.frontend.call_metrics import CallMetrics, MeteringInterceptor
 from semserve.frontend.encoder_service import EncoderServicer
 from semserve.frontend.inference import Inference
 from semserve.frontend.info_service import InfoServicer
+from semserve.frontend.merging import CallMerger
 from semserve.frontend.models import ModelDirectory
 from semserve.frontend.reranker_service import RerankerServicer
 from semserve.frontend.search_service import SearchServicer
@@ -158,7 +159,8 @@ class FrontEnd:
         self.tokenize_pool = ThreadPoolExecutor(config.tokenizer_threads, thread_name_prefix="tokenize")
         self.metrics = CallMetrics()
         self.tracing = setup_tracing(config.tracing, f"frontend-{index}")
-        self.inference = Inference(core, self.models, self.tokenize_pool, self.metrics, self.tracing)
+        merger = CallMerger(config.merge_engine_calls, max_wait_s=config.batching.max_queue_delay_us / 1e6)
+        self.inference = Inference(core, self.models, self.tokenize_pool, self.metrics, self.tracing, merger)
         self.health = health.aio.HealthServicer()
         self.port: int | None = None
         self.keys = ApiKeys(config.security)
