@@ -52,6 +52,21 @@ def expected_rows(tokens: TokenBatch) -> np.ndarray:
     return np.stack([tokens.ids[tokens.offsets[:-1]], tokens.lengths], axis=1).astype(np.float32)
 
 
+def send(merger: CallMerger, engine: FakeEngine, tokens: TokenBatch, deadline: float | None = None,
+         max_items: int = 256, max_tokens: int = 10_000, lane: str = "m"):
+    """One embed call of ``lane`` through the merger to the fake engine."""
+    return merger.call(lane, "embed", tokens, deadline, engine.encode, max_items, max_tokens)
+
+
+async def busy_lane(max_wait_s: float = 60, engine: FakeEngine | None = None):
+    """A merger allowed one engine call per lane, with that call out (held at the engine's gate)."""
+    engine = engine or FakeEngine(gated=True)
+    merger = CallMerger(in_flight=1, max_wait_s=max_wait_s)
+    first = asyncio.create_task(send(merger, engine, batch(2)))
+    await settle()
+    return engine, merger, first
+
+
 async def settle() -> None:
     for _ in range(5):
         await asyncio.sleep(0)
@@ -70,7 +85,7 @@ def test_a_lone_call_goes_at_once_and_unchanged():
     async def main():
         engine, merger = FakeEngine(), CallMerger()
         tokens = batch(3, 2)
-        out = await merger.call("m", tokens, None, engine.encode, 256, 10_000)
+        out = await send(merger, engine, tokens)
         assert engine.calls[0][0] is tokens
         assert out.vectors.tolist() == expected_rows(tokens).tolist()
         assert merger.merged_engine_calls == 0
@@ -83,7 +98,7 @@ def test_calls_reached_in_one_turn_travel_as_one_and_each_gets_its_rows():
         engine, merger = FakeEngine(), CallMerger()
         calls = [batch(1, 4, first=100), batch(3, first=200), batch(2, 2, 5, first=300)]
         now = time.monotonic()
-        outs = await asyncio.gather(*(merger.call("m", b, now + 60 + i, engine.encode, 256, 10_000)
+        outs = await asyncio.gather(*(send(merger, engine, b, deadline=now + 60 + i)
                                       for i, b in enumerate(calls)))
         assert len(engine.calls) == 1
         merged, deadline = engine.calls[0]
@@ -95,8 +110,8 @@ def test_calls_reached_in_one_turn_travel_as_one_and_each_gets_its_rows():
         assert merger.merged_engine_calls == 1 and merger.merged_calls == 3
 
         # A call without a deadline makes the merged call's none.
-        await asyncio.gather(merger.call("m", batch(1), now + 60, engine.encode, 256, 10_000),
-                             merger.call("m", batch(1), None, engine.encode, 256, 10_000))
+        await asyncio.gather(send(merger, engine, batch(1), deadline=now + 60),
+                             send(merger, engine, batch(1)))
         assert engine.calls[-1][1] is None
 
     asyncio.run(main())
@@ -105,9 +120,9 @@ def test_calls_reached_in_one_turn_travel_as_one_and_each_gets_its_rows():
 def test_a_call_never_waits_for_calls_already_at_the_engine():
     async def main():
         engine, merger = FakeEngine(gated=True), CallMerger()
-        first = asyncio.create_task(merger.call("m", batch(2), None, engine.encode, 256, 10_000))
+        first = asyncio.create_task(send(merger, engine, batch(2)))
         await settle()
-        second = asyncio.create_task(merger.call("m", batch(3), None, engine.encode, 256, 10_000))
+        second = asyncio.create_task(send(merger, engine, batch(3)))
         await settle()
         assert [len(t) for t, _ in engine.calls] == [1, 1]  # both at the engine, neither waiting here
         engine.gate.set()
@@ -119,11 +134,11 @@ def test_a_call_never_waits_for_calls_already_at_the_engine():
 def test_groups_hold_at_most_one_batch_and_lanes_are_separate():
     async def main():
         engine, merger = FakeEngine(), CallMerger()
-        await asyncio.gather(*(merger.call("a", batch(1, first=10 * i), None, engine.encode, 3, 10_000)
+        await asyncio.gather(*(send(merger, engine, batch(1, first=10 * i), max_items=3, lane="a")
                                for i in range(7)),
-                             merger.call("b", batch(1), None, engine.encode, 3, 10_000))
+                             send(merger, engine, batch(1), max_items=3, lane="b"))
         assert sorted(len(tokens) for tokens, _ in engine.calls) == [1, 1, 3, 3]
-        await asyncio.gather(*(merger.call("a", batch(4, first=10 * i), None, engine.encode, 256, 9)
+        await asyncio.gather(*(send(merger, engine, batch(4, first=10 * i), max_tokens=9, lane="a")
                                for i in range(5)))
         assert [t.total_tokens for t, _ in engine.calls[4:]] == [8, 8, 4]  # at most 9 tokens a group
 
@@ -133,8 +148,8 @@ def test_groups_hold_at_most_one_batch_and_lanes_are_separate():
 def test_a_call_larger_than_the_cap_still_goes_alone():
     async def main():
         engine, merger = FakeEngine(), CallMerger()
-        small, big = await asyncio.gather(merger.call("m", batch(1), None, engine.encode, 2, 10_000),
-                                          merger.call("m", batch(1, 1, 1, 1), None, engine.encode, 2, 10_000))
+        small, big = await asyncio.gather(send(merger, engine, batch(1), max_items=2),
+                                          send(merger, engine, batch(1, 1, 1, 1), max_items=2))
         assert len(big.vectors) == 4 and [len(t) for t, _ in engine.calls] == [1, 4]
 
     asyncio.run(main())
@@ -143,8 +158,8 @@ def test_a_call_larger_than_the_cap_still_goes_alone():
 def test_a_caller_that_goes_away_is_skipped_and_a_group_nobody_wants_is_cancelled():
     async def main():
         engine, merger = FakeEngine(gated=True), CallMerger()
-        gone = asyncio.create_task(merger.call("m", batch(5, first=50), None, engine.encode, 256, 10_000))
-        kept = asyncio.create_task(merger.call("m", batch(2, first=80), None, engine.encode, 256, 10_000))
+        gone = asyncio.create_task(send(merger, engine, batch(5, first=50)))
+        kept = asyncio.create_task(send(merger, engine, batch(2, first=80)))
         await asyncio.sleep(0)  # both reached the lane; the dispatch comes after this turn
         gone.cancel()
         await settle()
@@ -155,7 +170,7 @@ def test_a_caller_that_goes_away_is_skipped_and_a_group_nobody_wants_is_cancelle
 
         # Every caller of a group at the engine goes away: the engine call is cancelled too.
         engine.gate.clear()
-        group = [asyncio.create_task(merger.call("m", batch(1), None, engine.encode, 256, 10_000)) for _ in range(2)]
+        group = [asyncio.create_task(send(merger, engine, batch(1))) for _ in range(2)]
         await settle()
         assert len(engine.calls) == 2
         group[0].cancel()
@@ -172,7 +187,7 @@ def test_an_engine_error_reaches_every_caller_of_the_group_as_its_own_exception(
     async def main():
         engine = FakeEngine(fail=ResourceExhausted("queue is full; retry with backoff"))
         merger = CallMerger()
-        errors = await asyncio.gather(*(merger.call("m", batch(1), None, engine.encode, 256, 10_000) for _ in range(3)),
+        errors = await asyncio.gather(*(send(merger, engine, batch(1)) for _ in range(3)),
                                       return_exceptions=True)
         assert len(engine.calls) == 1
         assert all(isinstance(e, ResourceExhausted) and "queue is full" in str(e) for e in errors)
@@ -187,13 +202,13 @@ def test_scores_split_by_rows_and_a_disabled_merger_never_merges():
             return ScoreResult(tokens.lengths.astype(np.float32), Timing())
 
         merger = CallMerger()
-        outs = await asyncio.gather(*(merger.call("s", batch(*range(1, i + 2)), None, score, 256, 10_000)
+        outs = await asyncio.gather(*(merger.call("s", "embed", batch(*range(1, i + 2)), None, score, 256, 10_000)
                                       for i in range(4)))
         assert [o.scores.tolist() for o in outs] == [[1], [1, 2], [1, 2, 3], [1, 2, 3, 4]]
         assert merger.merged_engine_calls == 1
 
         engine, alone = FakeEngine(), CallMerger(enabled=False)
-        await asyncio.gather(*(alone.call("m", batch(1), None, engine.encode, 256, 10_000) for _ in range(5)))
+        await asyncio.gather(*(send(alone, engine, batch(1)) for _ in range(5)))
         assert [len(t) for t, _ in engine.calls] == [1] * 5
 
     asyncio.run(main())
@@ -201,11 +216,8 @@ def test_scores_split_by_rows_and_a_disabled_merger_never_merges():
 
 def test_while_the_lane_is_busy_calls_wait_for_a_return_but_never_past_the_max_wait():
     async def main():
-        engine, merger = FakeEngine(gated=True), CallMerger(in_flight=1, max_wait_s=60)
-        first = asyncio.create_task(merger.call("m", batch(2), None, engine.encode, 256, 10_000))
-        await settle()
-        held = [asyncio.create_task(merger.call("m", batch(1, first=10 * i), None, engine.encode, 256, 10_000))
-                for i in range(1, 4)]
+        engine, merger, first = await busy_lane()
+        held = [asyncio.create_task(send(merger, engine, batch(1, first=10 * i))) for i in range(1, 4)]
         await settle()
         await asyncio.sleep(0.02)
         assert len(engine.calls) == 1  # held while the lane's one engine call is out
@@ -217,14 +229,12 @@ def test_while_the_lane_is_busy_calls_wait_for_a_return_but_never_past_the_max_w
         assert all(o.timing.queue_s >= 0.02 for o in outs)  # the time held counts as queueing
 
         engine.gate.clear()
-        merger = CallMerger(in_flight=1, max_wait_s=0.01)
-        first = asyncio.create_task(merger.call("m", batch(2), None, engine.encode, 256, 10_000))
-        await settle()
-        late = asyncio.create_task(merger.call("m", batch(1), None, engine.encode, 256, 10_000))
+        engine, merger, first = await busy_lane(max_wait_s=0.01, engine=engine)
+        late = asyncio.create_task(send(merger, engine, batch(1)))
         await asyncio.sleep(0.05)
         assert len(engine.calls) == 4  # the max wait passed: it went with the first still out
         # A batch's worth goes at once.
-        full = [asyncio.create_task(merger.call("m", batch(1), None, engine.encode, 2, 10_000)) for _ in range(2)]
+        full = [asyncio.create_task(send(merger, engine, batch(1), max_items=2)) for _ in range(2)]
         await settle()
         assert len(engine.calls) == 5 and len(engine.calls[-1][0]) == 2
         engine.gate.set()
@@ -235,10 +245,8 @@ def test_while_the_lane_is_busy_calls_wait_for_a_return_but_never_past_the_max_w
 
 def test_a_deadline_that_passes_while_held_is_refused_before_the_engine():
     async def main():
-        engine, merger = FakeEngine(gated=True), CallMerger(in_flight=1, max_wait_s=60)
-        busy = asyncio.create_task(merger.call("m", batch(1), None, engine.encode, 256, 10_000))
-        await settle()
-        late = asyncio.create_task(merger.call("m", batch(1), time.monotonic() + 0.01, engine.encode, 256, 10_000))
+        engine, merger, busy = await busy_lane()
+        late = asyncio.create_task(send(merger, engine, batch(1), deadline=time.monotonic() + 0.01))
         await asyncio.sleep(0.03)
         engine.gate.set()
         await busy
@@ -253,9 +261,9 @@ def test_calls_of_more_than_a_few_inputs_go_on_their_own():
     async def main():
         engine, merger = FakeEngine(), CallMerger()
         large = batch(*[1] * (MERGED_MAX_INPUTS + 1))
-        await asyncio.gather(merger.call("m", batch(1), None, engine.encode, 256, 10_000),
-                             merger.call("m", large, None, engine.encode, 256, 10_000),
-                             merger.call("m", batch(1), None, engine.encode, 256, 10_000))
+        await asyncio.gather(send(merger, engine, batch(1)),
+                             send(merger, engine, large),
+                             send(merger, engine, batch(1)))
         assert engine.calls[0][0] is large  # at once, alone; the two small ones together after it
         assert [len(t) for t, _ in engine.calls] == [MERGED_MAX_INPUTS + 1, 2]
 
@@ -286,6 +294,12 @@ def test_concurrent_single_text_calls_share_engine_calls_and_get_their_own_vecto
             futures = [stub.Embed.future(encoder_pb2.EmbedRequest(texts=[t]), timeout=60) for t in texts]
             replies = [f.result() for f in futures]
             engine_calls = value(scrape(port), counted) - before
+            merged = 0.0
+            for _ in range(40):  # front ends report their counters twice a second
+                merged = value(scrape(port), 'semserve_merged_calls_total{model="tiny"}')
+                if merged or not merge:
+                    break
+                time.sleep(0.1)
             lone = [stub.Embed(encoder_pb2.EmbedRequest(texts=[t]), timeout=60) for t in texts]
     finally:
         proc.terminate()
@@ -295,5 +309,7 @@ def test_concurrent_single_text_calls_share_engine_calls_and_get_their_own_vecto
         assert len(reply.embeddings) == 1 and reply.timing.compute_tokens == reply.token_counts[0]
     if merge:
         assert 1 <= engine_calls < len(texts), engine_calls
+        # The calls that travelled merged, as /metrics counts them: what the engine did not see as calls of its own.
+        assert merged >= len(texts) - engine_calls + 1, (merged, engine_calls)
     else:
-        assert engine_calls == len(texts)
+        assert engine_calls == len(texts) and merged == 0

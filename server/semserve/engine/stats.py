@@ -94,9 +94,14 @@ class FrontendCollector:
         by_status: dict[tuple[str, str], int] = {}
         latency: dict[str, list] = {}
         tokenize: dict[str, list] = {}
+        merged: dict[str, list[int]] = {}
         for counters in self._engine.frontends:
             per_process.add_metric([str(counters.index)], counters.requests)
             metrics = counters.metrics or {}
+            for model, (engine_calls, calls) in metrics.get("merged", {}).items():
+                summed = merged.setdefault(model, [0, 0])
+                summed[0] += engine_calls
+                summed[1] += calls
             for key, count in metrics.get("by_status", {}).items():
                 by_status[key] = by_status.get(key, 0) + count
             for target, source in ((latency, metrics.get("latency", {})), (tokenize, metrics.get("tokenize", {}))):
@@ -110,6 +115,16 @@ class FrontendCollector:
         for (method, code), count in sorted(by_status.items()):
             requests.add_metric([method, code], count)
         yield requests
+        merged_engine_calls = CounterMetricFamily(
+            "semserve_merged_engine_calls", "Engine calls that carried several front-end calls (frontend/merging.py)",
+            labels=["model"])
+        merged_calls = CounterMetricFamily(
+            "semserve_merged_calls", "Front-end calls that travelled to the engine inside a merged call", labels=["model"])
+        for model, (engine_calls, calls) in sorted(merged.items()):
+            merged_engine_calls.add_metric([model], engine_calls)
+            merged_calls.add_metric([model], calls)
+        yield merged_engine_calls
+        yield merged_calls
         for name, help_text, label, values in (
             ("semserve_request_seconds", "Time from a call's arrival at a front end to its end", "method", latency),
             ("semserve_tokenize_seconds", "Tokenization of one request's texts", "model", tokenize),

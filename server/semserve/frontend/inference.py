@@ -100,13 +100,13 @@ class Inference:
         result.timing.tokenization_s += tokenization_s
         return tokenized, result
 
-    def _merged(self, lane, model: ModelDescriptor, batch, deadline: float | None, run):
+    def _merged(self, kind, model: ModelDescriptor, batch, deadline: float | None, run):
         """The engine call, merged with this process's concurrent calls of the lane
         (frontend/merging.py); a group holds at most one batch."""
         batching = model.batching
         max_items = batching.max_batch_size if batching else 256
         max_tokens = batching.max_batch_tokens if batching else 16384
-        return self.merger.call(lane, batch, deadline, run, max_items, max_tokens)
+        return self.merger.call(model.name, kind, batch, deadline, run, max_items, max_tokens)
 
     async def embed(
         self, model_name: str, texts: Sequence[str], truncate: bool, normalize: bool, deadline: float | None,
@@ -122,7 +122,7 @@ class Inference:
                 f"dimensions must be in 1..{model.dimension} (model {model.name!r}'s dimension), got {dimensions}")
         tokenized, result = await self._tokenize_and_run(
             model, tokenizer, texts, truncate, "text",
-            lambda batch: self._merged(("encode", model.name), model, batch, deadline,
+            lambda batch: self._merged("encode", model, batch, deadline,
                                        lambda b, d: self.core.encode(model.name, b, d)),
             truncate_left)
         vectors = result.vectors if dimensions is None else result.vectors[:, :dimensions]
@@ -138,6 +138,6 @@ class Inference:
         pairs = [(query, d) for d in documents]
         tokenized, result = await self._tokenize_and_run(
             model, tokenizer, pairs, truncate, "pair",
-            lambda batch: self._merged(("score", model.name, raw), model, batch, deadline,
+            lambda batch: self._merged(("score", raw), model, batch, deadline,
                                        lambda b, d: self.core.score(model.name, b, raw, d)))
         return Outcome(model, result.scores, tokenized, result.timing)

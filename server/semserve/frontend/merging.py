@@ -54,6 +54,7 @@ class _Waiting:
 class _Lane:
     """The calls of one model and kind: how many are at the engine, and who waits to go."""
 
+    model: str
     run: EngineCall
     max_items: int
     max_tokens: int
@@ -96,19 +97,29 @@ class CallMerger:
         self.enabled = enabled
         self.in_flight = in_flight
         self.max_wait_s = max_wait_s
-        self._lanes: dict[Hashable, _Lane] = {}
+        self._lanes: dict[tuple, _Lane] = {}
         self._groups: set[asyncio.Task] = set()
-        # Engine calls that carried more than one front-end call, and the calls they carried.
-        self.merged_engine_calls = 0
-        self.merged_calls = 0
+        # Per model: engine calls that carried more than one front-end call, and the calls
+        # they carried (reported as metrics).
+        self.merged: dict[str, list[int]] = {}
 
-    async def call(self, lane_key: Hashable, batch: TokenBatch, deadline: float | None, run: EngineCall,
+    @property
+    def merged_engine_calls(self) -> int:
+        return sum(engine_calls for engine_calls, _ in self.merged.values())
+
+    @property
+    def merged_calls(self) -> int:
+        return sum(calls for _, calls in self.merged.values())
+
+    async def call(self, model: str, kind: Hashable, batch: TokenBatch, deadline: float | None, run: EngineCall,
                    max_items: int, max_tokens: int) -> Result:
+        """``run(batch, deadline)`` on the engine for this call or for a group it joins: calls
+        merge only with calls of the same model and ``kind`` (e.g. embed, or score raw)."""
         if not self.enabled or len(batch) > MERGED_MAX_INPUTS:
             return await run(batch, deadline)
-        lane = self._lanes.get(lane_key)
+        lane = self._lanes.get((model, kind))
         if lane is None:
-            lane = self._lanes[lane_key] = _Lane(run, max_items, max_tokens)
+            lane = self._lanes[(model, kind)] = _Lane(model, run, max_items, max_tokens)
         lane.run, lane.max_items, lane.max_tokens = run, max_items, max_tokens
         loop = asyncio.get_running_loop()
         future = loop.create_future()
@@ -175,17 +186,18 @@ class CallMerger:
                 else:
                     live.append(w)
             if live:
-                await self._send(lane.run, live, now)
+                await self._send(lane, live, now)
         finally:
             self._returned(lane)
 
-    async def _send(self, run: EngineCall, live: list[_Waiting], sent: float) -> None:
+    async def _send(self, lane: _Lane, live: list[_Waiting], sent: float) -> None:
         if len(live) > 1:
-            self.merged_engine_calls += 1
-            self.merged_calls += len(live)
+            counts = self.merged.setdefault(lane.model, [0, 0])
+            counts[0] += 1
+            counts[1] += len(live)
         deadlines = [w.deadline for w in live]
         deadline = None if None in deadlines else max(deadlines)
-        call = asyncio.ensure_future(run(live[0].batch if len(live) == 1 else concatenate([w.batch for w in live]),
+        call = asyncio.ensure_future(lane.run(live[0].batch if len(live) == 1 else concatenate([w.batch for w in live]),
                                          deadline))
 
         def gone(future: asyncio.Future) -> None:

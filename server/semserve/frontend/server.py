@@ -230,8 +230,9 @@ class FrontEnd:
         self.tokenize_pool.shutdown(wait=False, cancel_futures=True)
 
     async def _report(self) -> None:
-        await self.core.report_frontend(
-            FrontendCounters(self.index, os.getpid(), self.metrics.calls, self.metrics.snapshot()))
+        snapshot = self.metrics.snapshot()
+        snapshot["merged"] = {model: tuple(counts) for model, counts in self.inference.merger.merged.items()}
+        await self.core.report_frontend(FrontendCounters(self.index, os.getpid(), self.metrics.calls, snapshot))
 
     async def _report_forever(self) -> None:
         last = -1
