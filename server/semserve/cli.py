@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--frontends", default=_env("frontends", "auto"),
                    help="gRPC front-end processes feeding one engine process (SO_REUSEPORT on one port): a number, "
-                   "0 for a single process, or auto (GPU hosts: cores - 2, at most 8; CPU-only hosts: 0) (SEMSERVE_FRONTENDS)")
+                   "0 for a single process, or auto (GPU hosts: cores - 2, at most 8 per GPU; CPU-only hosts: 0) (SEMSERVE_FRONTENDS)")
     s.add_argument("--device", default=_env("device", "auto"), help="auto, cpu, cuda, or cuda:0,cuda:1 (SEMSERVE_DEVICE)")
     s.add_argument("--dtype", default=_env("dtype", "auto"), help="auto, float32, float16, bfloat16 (SEMSERVE_DTYPE)")
     s.add_argument("--batch-policy", choices=("measured", "fixed"), default=_env("batch_policy", b.policy),
