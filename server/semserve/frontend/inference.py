@@ -7,15 +7,15 @@ import asyncio
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Awaitable, Hashable, Sequence
 
 import numpy as np
 
 from semserve.core.api import Core
-from semserve.core.types import CROSS_ENCODER, ENCODER, ModelDescriptor, Timing
+from semserve.core.types import CROSS_ENCODER, ENCODER, ModelDescriptor, Timing, TokenBatch
 from semserve.frontend.call_metrics import CallMetrics
 from semserve.frontend.errors import invalid_argument
-from semserve.frontend.merging import CallMerger
+from semserve.frontend.merging import CallMerger, EngineCall
 from semserve.frontend.models import ModelDirectory
 from semserve.frontend.prompts import prompted, resolve_prompt
 from semserve.frontend.tracing import Tracing, now_ns
@@ -100,7 +100,8 @@ class Inference:
         result.timing.tokenization_s += tokenization_s
         return tokenized, result
 
-    def _merged(self, kind, model: ModelDescriptor, batch, deadline: float | None, run):
+    def _merged(self, kind: Hashable, model: ModelDescriptor, batch: TokenBatch, deadline: float | None,
+                run: EngineCall) -> Awaitable:
         """The engine call, merged with this process's concurrent calls of the lane
         (frontend/merging.py); a group holds at most one batch."""
         batching = model.batching
