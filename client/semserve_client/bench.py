@@ -51,6 +51,8 @@ class LoadSpec:
     warmup_s: float = 2.0
     model: str = ""
     window: int = 8  # requests in flight per stream (embed-stream)
+    # Connections (channels); 0: one per four unary calls in flight, one per stream.
+    channels: int = 0
     texts: list[str] = field(default_factory=list)
     seed: int = 0
 
@@ -83,15 +85,23 @@ class LoadResult:
         }
 
 
+def connections(spec: LoadSpec) -> int:
+    """Channels (connections) one client process opens for ``spec``."""
+    if spec.channels:
+        return spec.channels
+    return max(1, spec.concurrency if spec.mode == "embed-stream" else -(-spec.concurrency // 4))
+
+
 async def _run(spec: LoadSpec) -> LoadResult:
     texts = spec.texts or synthetic_texts(4096, spec.seed)
     rng = random.Random(spec.seed)
-    # A connection per channel (gRPC would share one per target), one per four calls in flight:
-    # a server with several front-end processes spreads connections (SO_REUSEPORT hashes each
-    # one to a process), so the load must arrive on many, as it does from many clients.
+    # A connection per channel (gRPC would share one per target), one per four unary calls in
+    # flight and one per stream (a stream carries ``window`` calls): a server with several
+    # front-end processes spreads connections, not calls (SO_REUSEPORT hashes each connection to
+    # a process), so the load must arrive on many, as it does from many clients.
     channels = [
         grpc.aio.insecure_channel(spec.target, options=[("grpc.use_local_subchannel_pool", 1)])
-        for _ in range(max(1, -(-spec.concurrency // 4)))
+        for _ in range(connections(spec))
     ]
     start = time.monotonic()
     count_from, stop_at = start + spec.warmup_s, start + spec.warmup_s + spec.duration_s

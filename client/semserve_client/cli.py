@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--warmup", type=float, default=2.0)
     b.add_argument("--processes", type=int, default=1, help="client processes sharing the concurrency")
     b.add_argument("--window", type=int, default=8, help="requests in flight per stream")
+    b.add_argument("--channels", type=int, default=0,
+                   help="connections per client process; 0: one per four unary calls in flight, one per stream")
     b.add_argument("--model", default="")
 
     c = sub.add_parser("collections", help="create, list, inspect or drop search collections")
@@ -161,7 +163,7 @@ def run(args: argparse.Namespace, client: SemserveClient) -> object:
 
         spec = LoadSpec(target=args.target, mode=args.mode, concurrency=args.concurrency,
                         request_size=args.request_size, duration_s=args.duration, warmup_s=args.warmup,
-                        model=args.model, window=args.window)
+                        model=args.model, window=args.window, channels=args.channels)
         return run_load(spec, processes=args.processes)
     if args.command in ("collections", "upsert", "delete", "get", "search", "index"):
         return run_search(args, client)
