@@ -352,18 +352,17 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         length is the matrix's width and the engine checks it against the collection's, so a
         search costs one round trip. Text queries need the collection's model and prompt.
         """
-        if not texts:
-            width = len(request.queries[0].vector.values)
-            queries = np.empty((len(request.queries), width), dtype=np.float32)
-            for i, query in enumerate(request.queries):
-                queries[i] = check_vector(query.vector.values, width, f"query {i}", "query 0's")
-            return queries
-        collection = await self._collection(request.collection)
-        dimension = collection.dimension
-        queries = np.empty((len(request.queries), dimension), dtype=np.float32)
+        if texts:
+            collection = await self._collection(request.collection)
+            width, against = collection.dimension, "the collection's"
+        else:
+            width, against = len(request.queries[0].vector.values), "query 0's"
+        queries = np.empty((len(request.queries), width), dtype=np.float32)
         for i, query in enumerate(request.queries):
             if i not in texts:
-                queries[i] = check_vector(query.vector.values, dimension, f"query {i}")
+                queries[i] = check_vector(query.vector.values, width, f"query {i}", against)
+        if not texts:
+            return queries
         order = sorted(texts)
         matrix, parts = await self._embed_texts(collection, [texts[i] for i in order], deadline,
                                                 collection.query_prompt)
