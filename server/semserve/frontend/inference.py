@@ -11,6 +11,7 @@ from typing import Awaitable, Hashable, Sequence
 
 import numpy as np
 
+from semserve.config import BatchingConfig
 from semserve.core.api import Core
 from semserve.core.types import CROSS_ENCODER, ENCODER, ModelDescriptor, Timing, TokenBatch
 from semserve.frontend.call_metrics import CallMetrics
@@ -104,10 +105,9 @@ class Inference:
                 run: EngineCall) -> Awaitable:
         """The engine call, merged with this process's concurrent calls of the lane
         (frontend/merging.py); a group holds at most one batch."""
-        batching = model.batching
-        max_items = batching.max_batch_size if batching else 256
-        max_tokens = batching.max_batch_tokens if batching else 16384
-        return self.merger.call(model.name, kind, batch, deadline, run, max_items, max_tokens)
+        batching = model.batching or BatchingConfig()  # a table without batching info: the defaults
+        return self.merger.call(model.name, kind, batch, deadline, run, batching.max_batch_size,
+                                 batching.max_batch_tokens)
 
     async def embed(
         self, model_name: str, texts: Sequence[str], truncate: bool, normalize: bool, deadline: float | None,
