@@ -21,7 +21,10 @@ sys.path[:0] = [str(ROOT / "server"), str(ROOT / "client")]
 
 from semserve.config import SearchConfig  # noqa: E402
 from semserve.search.group_max import GROUP, group_max_reference, group_max_triton, rescore_triton  # noqa: E402
-from semserve.search.topk import exact_topk, fused_applies, grouped_shard_topk, shard_topk, step_rows  # noqa: E402
+from semserve.search.threshold_scan import MAX_THRESHOLD_K, complete, threshold_scan_triton, threshold_shard_topk  # noqa: E402
+from semserve.search.topk import (  # noqa: E402
+    exact_topk, fused_applies, grouped_shard_topk, shard_topk, step_rows, threshold_applies,
+)
 
 
 def log(*parts) -> None:
@@ -73,6 +76,18 @@ def exactness(dim: int) -> dict:
                     if worst_missing - kth > 2e-3:
                         mismatched += 1
             out[f"mismatched_queries_{n}_k{k}"] = mismatched
+        for k in (200, 1000):
+            # Large k: the sampled-threshold scan (search/threshold_scan.py), same check.
+            hits = threshold_shard_topk(matrix, rows, queries, k, mask, threshold_scan_triton)
+            out[f"threshold_complete_{n}_k{k}"] = complete(hits.counts.cpu(), k)
+            exact = (queries.float() @ matrix.float().T).masked_fill(~mask, float("-inf"))
+            best, ids = torch.topk(exact, k, dim=1)
+            mismatched = 0
+            for q in range(n):
+                missing = set(ids[q].tolist()) - set(hits.rows[q].tolist())
+                if missing and max(float(exact[q, i]) for i in missing) - float(best[q, -1]) > 2e-3:
+                    mismatched += 1
+            out[f"threshold_mismatched_queries_{n}_k{k}"] = mismatched
     log("exactness:", json.dumps(out))
     return out
 
@@ -100,10 +115,13 @@ def speed(rows: int, dim: int) -> dict:
         step = step_rows(layout.chunk_rows, q.shape[0], layout.max_score_elements)
         return grouped_shard_topk(matrix, rows, q, k, step * GROUP, None, group_max_triton, rescore_triton)
 
+    def threshold(q: torch.Tensor, k: int):
+        return threshold_shard_topk(matrix, rows, q, k, None, threshold_scan_triton)
+
     def end_to_end(q_cpu: torch.Tensor, k: int):
         return exact_topk([(matrix, rows, None)], q_cpu, k, layout.chunk_rows, layout.max_score_elements)
 
-    for n, k in ((1, 10), (64, 10), (1024, 10), (64, 100), (64, 1000)):
+    for n, k in ((1, 10), (64, 10), (1024, 10), (64, 100), (64, 1000), (1, 1000), (1024, 1000), (1024, 128)):
         q_cpu = torch.nn.functional.normalize(torch.randn(n, dim), dim=1)
         q = q_cpu.to("cuda", torch.float16)
         repeat = 20 if n == 1 else 5
@@ -111,12 +129,22 @@ def speed(rows: int, dim: int) -> dict:
         out[f"plain_{key}_s"] = timed(lambda: plain(q, k), repeat)
         torch.cuda.empty_cache()
         out[f"chunked_{key}_s"] = timed(lambda: chunked(q, k), repeat)
-        if fused_applies(matrix, k):
+        if fused_applies(matrix, k, n, rows):
             out[f"fused_{key}_s"] = timed(lambda: fused(q, k), repeat)
             got, want = fused(q, k).rows, plain(q, k)[1]
             out[f"fused_{key}_id_overlap"] = sum(len(set(a.tolist()) & set(b.tolist()))
                                                  for a, b in zip(got, want)) / (n * k)
             out[f"fused_{key}_vs_plain"] = out[f"plain_{key}_s"] / out[f"fused_{key}_s"]
+        elif k <= MAX_THRESHOLD_K:
+            # Timed for one query too, where exact_topk takes the chunked path instead.
+            out[f"threshold_{key}_taken"] = threshold_applies(matrix, k, n, rows)
+            out[f"threshold_{key}_s"] = timed(lambda: threshold(q, k), repeat)
+            hits, want = threshold(q, k), plain(q, k)[1]
+            out[f"threshold_{key}_complete"] = complete(hits.counts.cpu(), k)
+            out[f"threshold_{key}_mean_count_per_k"] = float(hits.counts.float().mean()) / k
+            out[f"threshold_{key}_id_overlap"] = sum(len(set(a.tolist()) & set(b.tolist()))
+                                                     for a, b in zip(hits.rows, want)) / (n * k)
+            out[f"threshold_{key}_vs_plain"] = out[f"plain_{key}_s"] / out[f"threshold_{key}_s"]
         out[f"end_to_end_{key}_s"] = timed(lambda: end_to_end(q_cpu, k), repeat)
         if k == 10 and n in (1, 1024):
             # The same corpus as two shards on this device, each on its own stream (exact_topk).

@@ -27,7 +27,7 @@ from semserve.search.compact import BINARY, FLOAT, INT8, binary_rows, int8_rows,
 from semserve.search.database import FILE_NAME, CollectionDatabase, CollectionSpec, DatabaseDamaged, Delete, Upsert
 from semserve.search.group_commit import GroupCommit
 from semserve.search.shards import ShardedMatrix
-from semserve.search import group_max
+from semserve.search import group_max, threshold_scan
 from semserve.search.topk import exact_topk, fused_applies
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,7 @@ class Collection:
         for shard in self.matrix.shards:
             if fused_applies(shard.matrix, 1):
                 group_max.warm_up(str(shard.matrix.device), shard.matrix.dtype, shard.matrix.shape[1])
+                threshold_scan.warm_up(str(shard.matrix.device), shard.matrix.dtype, shard.matrix.shape[1])
         self.lock = threading.Lock()  # the shards and the filter masks
         self.dropped = False
         # Set when the collection can no longer serve (its file was found damaged while

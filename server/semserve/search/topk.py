@@ -1,9 +1,11 @@
 """Exact top-k by chunked scoring: pure functions over tensors, no state.
 
 Each shard is scored in steps of ``chunk_rows`` rows, so the score buffer is bounded by
-queries x chunk_rows whatever the corpus size. On a GPU (fp16/bf16 shards, k <= MAX_FUSED_K)
-a Triton kernel reduces scores to group maxima as it computes them (``grouped_shard_topk``,
-search/group_max.py) and no score matrix is written at all. A step is one matmul and one ``torch.topk`` on the
+queries x chunk_rows whatever the corpus size. On a GPU (fp16/bf16 shards) no score matrix is
+written at all: for k <= MAX_FUSED_K a Triton kernel reduces scores to group maxima as it
+computes them (``grouped_shard_topk``, search/group_max.py); for larger k, up to
+MAX_THRESHOLD_K, a kernel keeps only the rows above a sampled threshold
+(search/threshold_scan.py). A chunked step is one matmul and one ``torch.topk`` on the
 shard's device; the running best list stays on the device too, so a GPU shard is searched without
 any host round trip until its final k candidates come back. Shards are then merged on the host.
 """
@@ -21,6 +23,14 @@ from semserve.search.group_max import (
     rescore_reference,
     rescore_triton,
     triton_available,
+)
+from semserve.search.threshold_scan import (
+    MAX_THRESHOLD_K,
+    ThresholdHits,
+    complete,
+    shard_fits,
+    threshold_scan_triton,
+    threshold_shard_topk,
 )
 
 NEG_INF = float("-inf")
@@ -150,6 +160,16 @@ def fused_applies(matrix: torch.Tensor, k: int, num_queries: int = 1, used_rows:
     return used_rows is None or rescoring_fits(k, num_queries, used_rows)
 
 
+def threshold_applies(matrix: torch.Tensor, k: int, num_queries: int, used_rows: int) -> bool:
+    """Whether a shard the fused path does not take is searched through a sampled threshold
+    (search/threshold_scan.py): a CUDA shard in fp16 or bf16, Triton importable, k at most
+    MAX_THRESHOLD_K, enough rows for the threshold to select, and more than one query. One
+    query's scan is a read of the shard either way, and on an H100 the chunked path was 4%
+    faster for it than sampling first (docs/benchmarks.md)."""
+    return (matrix.device.type == "cuda" and matrix.dtype in (torch.float16, torch.bfloat16)
+            and k <= MAX_THRESHOLD_K and num_queries > 1 and shard_fits(k, used_rows) and triton_available())
+
+
 def rescoring_fits(k: int, num_queries: int, used_rows: int) -> bool:
     """Whether rescoring k x GROUP rows per query reads no more rows than scanning the shard
     (one query always fits: its rescoring is small next to any scan worth a kernel)."""
@@ -262,6 +282,12 @@ def exact_topk(
     per_shard = []
     for index, pending in launched:
         scores, rows = pending.wait()
+        if pending.counts is not None and not complete(pending.counts, k):
+            # The sampled threshold let fewer than k rows (or more than the lists hold) through:
+            # this shard is searched again by the chunked path, so the result stays exact.
+            matrix, used_rows, mask = shards[index]
+            hits = shard_topk(matrix, used_rows, _queries_on(matrix, queries), k, step, mask)
+            scores, rows = hits.scores.cpu(), hits.rows.cpu()
         # Key = shard << 40 | row: one int64 carries both through the merge.
         per_shard.append((scores, rows | (index << 40)))
     scores, keys = merge_topk(per_shard, k)
@@ -269,14 +295,21 @@ def exact_topk(
     return [[(key >> 40, key & row_mask, score) for key, score in hits] for hits in finalize(scores, keys)]
 
 
-def _search_shard(matrix: torch.Tensor, used_rows: int, queries: torch.Tensor, k: int, step: int,
-                  mask: torch.Tensor | None) -> ShardHits:
+def _queries_on(matrix: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+    """The queries on the shard's device, in the dtype its scores are computed in."""
     compact = matrix.dtype in (torch.int8, torch.uint8)  # search/compact.py: scored in floating point
     dtype = matrix.dtype if not compact else (torch.float32 if matrix.device.type == "cpu" else torch.float16)
-    q = queries.to(device=matrix.device, dtype=dtype, non_blocking=True)
+    return queries.to(device=matrix.device, dtype=dtype, non_blocking=True)
+
+
+def _search_shard(matrix: torch.Tensor, used_rows: int, queries: torch.Tensor, k: int, step: int,
+                  mask: torch.Tensor | None) -> ShardHits | ThresholdHits:
+    q = _queries_on(matrix, queries)
     if fused_applies(matrix, k, queries.shape[0], used_rows):
         # The buffer holds one maximum per GROUP rows: GROUP times the rows per step.
         return grouped_shard_topk(matrix, used_rows, q, k, step * GROUP, mask, group_max_triton, rescore_triton)
+    if threshold_applies(matrix, k, queries.shape[0], used_rows):
+        return threshold_shard_topk(matrix, used_rows, q, k, mask, threshold_scan_triton)
     return shard_topk(matrix, used_rows, q, k, step, mask)
 
 
@@ -299,22 +332,26 @@ class _Pending:
     scores: torch.Tensor
     rows: torch.Tensor
     event: "torch.cuda.Event | None" = None
+    # Per query, the rows that reached a sampled threshold (search/threshold_scan.py), if it was used.
+    counts: torch.Tensor | None = None
 
     @classmethod
     def done(cls, hits: ShardHits) -> "_Pending":
         return cls(hits.scores, hits.rows)
 
     @classmethod
-    def copy_back(cls, hits: ShardHits, stream: "torch.cuda.Stream") -> "_Pending":
-        scores = torch.empty(hits.scores.shape, dtype=hits.scores.dtype, pin_memory=True)
-        rows = torch.empty(hits.rows.shape, dtype=hits.rows.dtype, pin_memory=True)
-        scores.copy_(hits.scores, non_blocking=True)
-        rows.copy_(hits.rows, non_blocking=True)
+    def copy_back(cls, hits: ShardHits | ThresholdHits, stream: "torch.cuda.Stream") -> "_Pending":
+        parts = [hits.scores, hits.rows]
+        if isinstance(hits, ThresholdHits):
+            parts.append(hits.counts)
+        copies = [torch.empty(p.shape, dtype=p.dtype, pin_memory=True) for p in parts]
+        for copy, part in zip(copies, parts):
+            copy.copy_(part, non_blocking=True)
         # The device tensors were made on this stream, so the allocator hands their memory out
         # again only to work queued behind these copies.
         event = torch.cuda.Event()
         event.record(stream)
-        return cls(scores, rows, event)
+        return cls(copies[0], copies[1], event, copies[2] if len(copies) > 2 else None)
 
     def wait(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.event is not None:
