@@ -31,6 +31,7 @@ def messages(large: bool = True) -> list:
         [(2, True, ScoreResult(np.array([0.25, -1.5], dtype=np.float32), Timing(batches=2)), 3, 0.2)],
         [(3, True, SearchHits([[Hit("a", 0.9, "text", {"k": "v"}), Hit("b", 0.1, present=False)]], Timing()), 3, 0.0)],
         [(4, True, Upserted(7, Timing(transport_s=0.25)), 3, 0.0)],
+        [(5, True, SearchHits.from_columns([["a", "b"], []], [[0.5, 0.25], []], Timing(inference_s=0.1)), 3, 0.0)],
     ]
 
 
@@ -39,7 +40,7 @@ def round_trip(message):
 
 
 def test_messages_round_trip_with_their_arrays():
-    calls, encoded, scored, found, stored = (round_trip(m) for m in messages())
+    calls, encoded, scored, found, stored, columns = (round_trip(m) for m in messages())
     small, large = calls[0][3][1], calls[1][3][1]
     want = messages()[0]
     for got, sent in ((small, want[0][3][1]), (large, want[1][3][1])):
@@ -52,6 +53,9 @@ def test_messages_round_trip_with_their_arrays():
     assert np.array_equal(scored[0][2].scores, np.array([0.25, -1.5], dtype=np.float32))
     assert found[0][2].hits[0][0] == Hit("a", 0.9, "text", {"k": "v"}) and not found[0][2].hits[0][1].present
     assert stored[0][2] == Upserted(7, Timing(transport_s=0.25))
+    # Hits without text travel as lists of ids and scores, and read as Hits on arrival.
+    assert columns[0][2].columns == ([["a", "b"], []], [[0.5, 0.25], []])
+    assert columns[0][2].hits == [[Hit("a", 0.5), Hit("b", 0.25)], []] and columns[0][2].timing.inference_s == 0.1
 
 
 def test_the_carried_types_are_named_by_extension_code():

@@ -152,6 +152,10 @@ def _score_result(scores, timing) -> ScoreResult:
     return ScoreResult(_unpack_array(scores), timing)
 
 
+def _search_hits(hits, timing, columns) -> "SearchHits":
+    return SearchHits(hits, timing, columns)
+
+
 @dataclass(slots=True)
 class ModelCounters:
     batches: int = 0
@@ -254,13 +258,39 @@ class Hit:
     present: bool = True
 
 
-@dataclass(slots=True)
 class SearchHits:
     """A search's hits, per query best first, and its timing (``inference_s``: the scan and
-    the reads of text and metadata; ``transport_s``: the hop to the engine, when there is one)."""
+    the reads of text and metadata; ``transport_s``: the hop to the engine, when there is one).
 
-    hits: list[list[Hit]]
-    timing: Timing
+    Hits without text or metadata are held as ``columns``: per query, a list of ids and a list
+    of scores. Those pickle as plain lists of strings and floats (C loops) and become ``Hit``
+    objects only where ``hits`` is read; a ``Hit`` per result, built in the engine and pickled
+    field by field, cost about a microsecond a hit on each side of the hop.
+    """
+
+    __slots__ = ("_hits", "columns", "timing")
+
+    def __init__(self, hits: list[list[Hit]] | None, timing: Timing,
+                 columns: tuple[list[list[str]], list[list[float]]] | None = None):
+        if (hits is None) == (columns is None):
+            raise ValueError("SearchHits takes hits or columns")
+        self._hits = hits
+        self.columns = columns
+        self.timing = timing
+
+    @classmethod
+    def from_columns(cls, ids: list[list[str]], scores: list[list[float]], timing: Timing) -> "SearchHits":
+        return cls(None, timing, (ids, scores))
+
+    @property
+    def hits(self) -> list[list[Hit]]:
+        if self._hits is None:
+            ids, scores = self.columns
+            self._hits = [list(map(Hit, i, s)) for i, s in zip(ids, scores)]
+        return self._hits
+
+    def __reduce__(self):
+        return _search_hits, (self._hits if self.columns is None else None, self.timing, self.columns)
 
 
 @dataclass(slots=True)
@@ -304,7 +334,7 @@ class EngineInfo:
 # Python 3.12 cost the engine about 4 us per message (docs/benchmarks.md). Every process of a
 # server imports this module before it pickles or unpickles a message.
 _WIRE_EXTENSIONS = {240: "_token_batch", 241: "_encode_result", 242: "_score_result", 243: "Timing",
-                    244: "Hit", 245: "SearchHits", 246: "Upserted"}
+                    244: "Hit", 245: "_search_hits", 246: "Upserted"}
 
 
 def _register_wire_extensions() -> None:

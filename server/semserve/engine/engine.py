@@ -293,19 +293,21 @@ class Engine:
 
         def search() -> SearchHits:
             started = time.monotonic()
-            hits = read_hits()
-            return SearchHits(hits, Timing(inference_s=time.monotonic() - started))
-
-        def read_hits() -> list[list[Hit]]:
             with SEARCH_SECONDS.labels(collection).time():
-                hits = target.search(queries, top_k, where)
-            if not (include_text or include_metadata):
-                return [[Hit(doc_id, score) for doc_id, score in q] for q in hits]
-            documents = target.texts([doc_id for q in hits for doc_id, _ in q])
+                ids, scores = target.search_columns(queries, top_k, where)
+            if include_text or include_metadata:
+                found = SearchHits(with_documents(ids, scores), Timing())
+            else:
+                found = SearchHits.from_columns(ids, scores, Timing())
+            found.timing.inference_s = time.monotonic() - started
+            return found
+
+        def with_documents(ids: list[list[str]], scores: list[list[float]]) -> list[list[Hit]]:
+            documents = target.texts([doc_id for q in ids for doc_id in q])
             out = []
-            for q in hits:
+            for q_ids, q_scores in zip(ids, scores):
                 row = []
-                for doc_id, score in q:
+                for doc_id, score in zip(q_ids, q_scores):
                     doc = documents.get(doc_id)
                     if doc is None:  # deleted since scoring: keep the hit, without text
                         row.append(Hit(doc_id, score, present=False))

@@ -321,6 +321,12 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             request.include_text or rerank, request.include_metadata,
         )
         timing.merge(found.timing)
+        if found.columns is not None and not rerank:
+            # Ids and scores alone (no text, metadata or rerank): messages straight from the lists.
+            hit = search_pb2.SearchHit
+            results = [search_pb2.SearchResult(hits=[hit(id=i, score=v, embedding_score=v) for i, v in zip(ids, scores)])
+                       for ids, scores in zip(*found.columns)]
+            return search_pb2.SearchResponse(results=results, timing=timing_proto(timing, time.monotonic() - started))
         hits = found.hits
         ranked: list[list[tuple[Hit, float]]]
         if rerank:

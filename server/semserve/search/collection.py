@@ -28,7 +28,7 @@ from semserve.search.database import FILE_NAME, CollectionDatabase, CollectionSp
 from semserve.search.group_commit import GroupCommit
 from semserve.search.shards import ShardedMatrix
 from semserve.search import group_max, threshold_scan
-from semserve.search.topk import exact_topk, fused_applies
+from semserve.search.topk import fused_applies, ranked_topk
 
 log = logging.getLogger(__name__)
 
@@ -174,18 +174,26 @@ class Collection:
     def search(self, queries: np.ndarray, k: int, where: dict[str, str]) -> list[list[tuple[str, float]]]:
         """Top-k per query, best first, as (id, score); ``where`` is an equality filter. Exact for
         float storage; for int8 and binary, the scan's best ``k x rescore_multiplier`` rescored exactly."""
+        ids, scores = self.search_columns(queries, k, where)
+        return [list(zip(i, s)) for i, s in zip(ids, scores)]
+
+    def search_columns(self, queries: np.ndarray, k: int, where: dict[str, str]
+                       ) -> tuple[list[list[str]], list[list[float]]]:
+        """``search`` as two lists per query, the ids and their scores, built without a Python
+        step per hit where the storage allows."""
         self.check_usable()
         prepared = self.prepare(queries)
         wanted = k if self.spec.storage == FLOAT else k * self.spec.rescore_multiplier
         with self.lock:
             masks = self._masks(where)
             shards = [(s.matrix, s.used, m) for s, m in zip(self.matrix.shards, masks)]
-            hits = exact_topk(shards, torch.from_numpy(prepared), wanted, self.layout.chunk_rows,
-                              self.layout.max_score_elements)
-            found = [[(self.matrix.shards[s].ids[r], score) for s, r, score in q] for q in hits]
+            ranked = ranked_topk(shards, torch.from_numpy(prepared), wanted, self.layout.chunk_rows,
+                                 self.layout.max_score_elements)
+            ids, scores = ranked.columns([s.ids for s in self.matrix.shards])
         if self.spec.storage == FLOAT:
-            return found
-        return self._rescore(prepared, found, k)
+            return ids, scores
+        rescored = self._rescore(prepared, [list(zip(i, s)) for i, s in zip(ids, scores)], k)
+        return [[i for i, _ in q] for q in rescored], [[s for _, s in q] for q in rescored]
 
     def _rescore(self, queries: np.ndarray, candidates: list[list[tuple[str, float]]], k: int
                  ) -> list[list[tuple[str, float]]]:

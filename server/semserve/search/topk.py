@@ -13,7 +13,9 @@ any host round trip until its final k candidates come back. Shards are then merg
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
+import numpy as np
 import torch
 
 from semserve.search.group_max import (
@@ -117,7 +119,7 @@ def shard_topk(
     float32 (rounded to the storage dtype first when that is narrower: fp16 shards give fp16-exact
     scores).
     ``mask`` (bool, at least ``used_rows`` long) marks the rows that may be returned; excluded
-    rows score -inf and are dropped by ``finalize``. Fewer than k candidates come back when
+    rows score -inf and are not counted as hits (``Ranked``). Fewer than k candidates come back when
     the shard is smaller than k.
     """
     num_queries = queries.shape[0]
@@ -227,7 +229,7 @@ def merge_topk(
     """Merge shards' candidates (scores, global keys; both on the CPU) into one sorted top-k.
 
     Returns (scores, keys), each (queries, <=k), best first; -inf entries (masked rows) remain
-    and are removed per query by ``finalize``.
+    and are not counted as hits (``Ranked``).
     """
     scores = torch.cat([s for s, _ in per_shard], dim=1)
     keys = torch.cat([g for _, g in per_shard], dim=1)
@@ -236,12 +238,35 @@ def merge_topk(
     return top_scores, torch.gather(keys, 1, picked)
 
 
-def finalize(scores: torch.Tensor, keys: torch.Tensor) -> list[list[tuple[int, float]]]:
-    """Per query, (key, score) pairs best first, without the masked (-inf) entries."""
-    out = []
-    for row_scores, row_keys in zip(scores.tolist(), keys.tolist()):
-        out.append([(key, score) for key, score in zip(row_keys, row_scores) if score != NEG_INF])
-    return out
+@dataclass
+class Ranked:
+    """Every query's hits as arrays, best first: ``scores``, ``shards`` and ``rows`` (all
+    (queries, <=k)), of which the first ``counts[q]`` of query q are hits (masked rows, scored
+    -inf, sort last and are not counted). Kept as arrays so that result building costs C loops,
+    not Python per hit: 64 queries with k = 1000 spent 28 ms of a 31 ms call in per-hit tuples
+    (docs/benchmarks.md)."""
+
+    scores: np.ndarray
+    shards: np.ndarray
+    rows: np.ndarray
+    counts: np.ndarray
+
+    def columns(self, ids_by_shard: Sequence[Sequence]) -> tuple[list[list], list[list[float]]]:
+        """Per query, the hits' ids (``ids_by_shard[shard][row]``) and scores, as lists."""
+        counts = self.counts.tolist()
+        scores = [row[:n] for row, n in zip(self.scores.tolist(), counts)]
+        if len(ids_by_shard) == 1:
+            lookup = ids_by_shard[0].__getitem__
+            ids = [list(map(lookup, row[:n])) for row, n in zip(self.rows.tolist(), counts)]
+        else:
+            ids = [[ids_by_shard[s][r] for s, r in zip(shard_row[:n], row[:n])]
+                   for shard_row, row, n in zip(self.shards.tolist(), self.rows.tolist(), counts)]
+        return ids, scores
+
+    def as_lists(self) -> list[list[tuple[int, int, float]]]:
+        """Per query, (shard, row, score) tuples best first."""
+        return [list(zip(s[:n], r[:n], v[:n])) for s, r, v, n in
+                zip(self.shards.tolist(), self.rows.tolist(), self.scores.tolist(), self.counts.tolist())]
 
 
 def exact_topk(
@@ -251,7 +276,18 @@ def exact_topk(
     chunk_rows: int,
     max_score_elements: int = 0,
 ) -> list[list[tuple[int, int, float]]]:
-    """Top-k over several shards ``(matrix, used_rows, mask)``: per query, (shard, row, score) best first.
+    """``ranked_topk`` as lists: per query, (shard, row, score) best first."""
+    return ranked_topk(shards, queries, k, chunk_rows, max_score_elements).as_lists()
+
+
+def ranked_topk(
+    shards: list[tuple[torch.Tensor, int, torch.Tensor | None]],
+    queries: torch.Tensor,
+    k: int,
+    chunk_rows: int,
+    max_score_elements: int = 0,
+) -> Ranked:
+    """Top-k over several shards ``(matrix, used_rows, mask)``, best first.
 
     ``queries`` is float32 on the CPU; each shard gets a copy on its device in its dtype. With
     several GPU shards, each is launched on a stream of its own, so shards on one device overlap
@@ -278,7 +314,8 @@ def exact_topk(
             hits = _search_shard(matrix, used_rows, queries, k, step, mask)
             launched.append((index, _Pending.copy_back(hits, stream)))
     if not launched:
-        return [[] for _ in range(queries.shape[0])]
+        empty = np.zeros((queries.shape[0], 0), dtype=np.int64)
+        return Ranked(empty.astype(np.float32), empty, empty, np.zeros(queries.shape[0], dtype=np.int64))
     per_shard = []
     for index, pending in launched:
         scores, rows = pending.wait()
@@ -288,11 +325,21 @@ def exact_topk(
             matrix, used_rows, mask = shards[index]
             hits = shard_topk(matrix, used_rows, _queries_on(matrix, queries), k, step, mask)
             scores, rows = hits.scores.cpu(), hits.rows.cpu()
+        per_shard.append((index, scores, rows))
+    if len(per_shard) == 1:
+        index, scores, rows = per_shard[0]
+        top, picked = torch.topk(scores, min(k, scores.shape[1]), dim=1, sorted=True)
+        rows = torch.gather(rows, 1, picked).numpy()
+        shard_of = np.full(rows.shape, index, dtype=np.int64)
+    else:
         # Key = shard << 40 | row: one int64 carries both through the merge.
-        per_shard.append((scores, rows | (index << 40)))
-    scores, keys = merge_topk(per_shard, k)
-    row_mask = (1 << 40) - 1
-    return [[(key >> 40, key & row_mask, score) for key, score in hits] for hits in finalize(scores, keys)]
+        top, keys = merge_topk([(s, r | (i << 40)) for i, s, r in per_shard], k)
+        keys = keys.numpy()
+        shard_of, rows = keys >> 40, keys & ((1 << 40) - 1)
+    top = top.numpy()
+    # Sorted best first, so a query's masked rows (-inf) are its last entries.
+    counts = np.count_nonzero(top != NEG_INF, axis=1)
+    return Ranked(top, shard_of, rows, counts)
 
 
 def _queries_on(matrix: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
