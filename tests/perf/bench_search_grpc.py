@@ -1,10 +1,11 @@
 """Search over gRPC end to end on a GPU server (not part of `make test`): a collection of random
-unit vectors loaded through BulkUpsert, then vector queries, 1 and 64 per call, from one client
+unit vectors loaded through BulkUpsert, then vector queries (by default 1 and 64 per call, k = 10), from one client
 with one call in flight, timed at the client; and a Health.Check round trip on the same
 channel, the floor under any call.
 
     python3 tests/perf/bench_search_grpc.py --minilm .models/minilm --rows 1000000 [--frontends auto]
     python3 tests/perf/bench_search_grpc.py --minilm .models/minilm --rows 4000000 --dimension 768
+    python3 tests/perf/bench_search_grpc.py --minilm .models/minilm --cases 1x10,64x10,64x1000,1024x10
 
 The collection's dimension is the encoder's (MiniLM: 384; with ``--dimension`` a random BERT). Results go to docs/benchmarks.md.
 """
@@ -71,8 +72,11 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--profile", type=Path, default=None,
                         help="py-spy raw profile of the server (all threads) during the one-query calls")
+    parser.add_argument("--cases", default="1x10,64x10",
+                        help="QUERIESxK per call, comma-separated (e.g. 1x10,64x10,64x1000,1024x10)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    cases = [tuple(int(v) for v in case.split("x")) for case in args.cases.split(",")]
     rng = np.random.default_rng(0)
     out: dict = {"date": time.strftime("%Y-%m-%d"), "rows": args.rows, "frontends": args.frontends,
                  "device": _device_name(args.device)}
@@ -106,8 +110,8 @@ def main() -> None:
                         floor.append(time.perf_counter() - t0)
                 out["health_check_round_trip"] = percentiles(floor)
                 print("health check:", json.dumps(out["health_check_round_trip"]), flush=True)
-                for per_call in (1, 64):
-                    calls = args.calls if per_call == 1 else max(20, args.calls // 10)
+                for per_call, top_k in cases:
+                    calls = args.calls if per_call == 1 else max(20, args.calls // (10 if per_call <= 64 else 30))
                     queries = rng.standard_normal((calls + 10, per_call, dim), dtype=np.float32)
                     queries /= np.linalg.norm(queries, axis=2, keepdims=True)
                     times = []
@@ -120,19 +124,21 @@ def main() -> None:
                         time.sleep(0.5)
                         deadline = time.monotonic() + 4
                         while time.monotonic() < deadline:  # calls during the recording, not timed
-                            client.search_collection("bench", [list(map(float, queries[0, 0]))], top_k=10)
+                            client.search_collection("bench", [list(map(float, queries[0, 0]))], top_k=top_k)
                         spy.wait(30)
                     for i, batch in enumerate(queries):
                         vectors = [list(map(float, q)) for q in batch]
                         t0 = time.perf_counter()
-                        reply = client.search_collection("bench", vectors, top_k=10)
+                        reply = client.search_collection("bench", vectors, top_k=top_k)
                         if i >= 10:  # warm-up calls are not timed
                             times.append(time.perf_counter() - t0)
-                        assert len(reply.results) == per_call
-                    out[f"search_{per_call}_per_call"] = percentiles(times)
+                        assert len(reply.results) == per_call and len(reply.results[0].hits) == top_k
+                    # The keys of the earlier runs' JSON for k = 10; k named otherwise.
+                    key = f"search_{per_call}_per_call" + ("" if top_k == 10 else f"_k{top_k}")
+                    out[key] = percentiles(times)
                     server_ms = reply.timing.total_time_us / 1000 if reply.HasField("timing") else None
-                    out[f"search_{per_call}_per_call"]["last_server_total_ms"] = server_ms
-                    print(per_call, "per call:", json.dumps(out[f"search_{per_call}_per_call"]), flush=True)
+                    out[key]["last_server_total_ms"] = server_ms
+                    print(key, json.dumps(out[key]), flush=True)
         finally:
             proc.terminate()
             proc.wait(60)

@@ -321,12 +321,17 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             request.include_text or rerank, request.include_metadata,
         )
         timing.merge(found.timing)
+        # Hits are added in place: a message built apart and handed to its parent is copied, which
+        # took 2-3 times as long for 64,000 hits on the CPU machine.
+        response = search_pb2.SearchResponse()
         if found.columns is not None and not rerank:
             # Ids and scores alone (no text, metadata or rerank): messages straight from the lists.
-            hit = search_pb2.SearchHit
-            results = [search_pb2.SearchResult(hits=[hit(id=i, score=v, embedding_score=v) for i, v in zip(ids, scores)])
-                       for ids, scores in zip(*found.columns)]
-            return search_pb2.SearchResponse(results=results, timing=timing_proto(timing, time.monotonic() - started))
+            for ids, scores in zip(*found.columns):
+                add = response.results.add().hits.add
+                for doc_id, score in zip(ids, scores):
+                    add(id=doc_id, score=score, embedding_score=score)
+            response.timing.CopyFrom(timing_proto(timing, time.monotonic() - started))
+            return response
         hits = found.hits
         ranked: list[list[tuple[Hit, float]]]
         if rerank:
@@ -336,18 +341,16 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             ))
         else:
             ranked = [[(h, h.score) for h in q] for q in hits]
-        results = []
         for q in ranked:
-            out = []
+            add = response.results.add().hits.add
             for h, score in q:
-                hit = search_pb2.SearchHit(id=h.id, score=score, embedding_score=h.score)
+                hit = add(id=h.id, score=score, embedding_score=h.score)
                 if request.include_text:
                     hit.text = h.text
                 if request.include_metadata and h.metadata:
                     hit.metadata.update(h.metadata)
-                out.append(hit)
-            results.append(search_pb2.SearchResult(hits=out))
-        return search_pb2.SearchResponse(results=results, timing=timing_proto(timing, time.monotonic() - started))
+        response.timing.CopyFrom(timing_proto(timing, time.monotonic() - started))
+        return response
 
     async def _query_matrix(self, request, texts: dict[int, str], deadline: float | None,
                             timing: Timing) -> np.ndarray:
