@@ -23,7 +23,7 @@ from semserve.config import SearchConfig  # noqa: E402
 from semserve.search.group_max import GROUP, group_max_reference, group_max_triton, rescore_triton  # noqa: E402
 from semserve.search.threshold_scan import MAX_THRESHOLD_K, complete, threshold_scan_triton, threshold_shard_topk  # noqa: E402
 from semserve.search.topk import (  # noqa: E402
-    exact_topk, fused_applies, grouped_shard_topk, shard_topk, step_rows, threshold_applies,
+    exact_topk, fused_applies, grouped_shard_topk, ranked_topk, shard_topk, step_rows, threshold_applies,
 )
 
 
@@ -118,8 +118,12 @@ def speed(rows: int, dim: int) -> dict:
     def threshold(q: torch.Tensor, k: int):
         return threshold_shard_topk(matrix, rows, q, k, None, threshold_scan_triton)
 
+    # What a collection's search does around the scan: host queries in, ids and scores out.
+    ids = [f"d{i}" for i in range(rows)]
+
     def end_to_end(q_cpu: torch.Tensor, k: int):
-        return exact_topk([(matrix, rows, None)], q_cpu, k, layout.chunk_rows, layout.max_score_elements)
+        ranked = ranked_topk([(matrix, rows, None)], q_cpu, k, layout.chunk_rows, layout.max_score_elements)
+        return ranked.columns([ids])
 
     for n, k in ((1, 10), (64, 10), (1024, 10), (64, 100), (64, 1000), (1, 1000), (1024, 1000), (1024, 128)):
         q_cpu = torch.nn.functional.normalize(torch.randn(n, dim), dim=1)
@@ -153,7 +157,7 @@ def speed(rows: int, dim: int) -> dict:
             out[f"end_to_end_2shards_{key}_s"] = timed(
                 lambda: exact_topk(two, q_cpu, k, layout.chunk_rows, layout.max_score_elements), repeat)
             same = exact_topk(two, q_cpu, k, layout.chunk_rows, layout.max_score_elements)
-            whole = end_to_end(q_cpu, k)
+            whole = exact_topk([(matrix, rows, None)], q_cpu, k, layout.chunk_rows, layout.max_score_elements)
             out[f"end_to_end_2shards_{key}_id_overlap"] = sum(
                 len({(s * half + r) for s, r, _ in a} & {r for _, r, _ in b}) for a, b in zip(same, whole)) / (n * k)
         torch.cuda.empty_cache()
@@ -173,9 +177,11 @@ def profiles(rows: int, dim: int) -> dict:
     matrix = torch.randn(rows, dim, device="cuda", dtype=torch.float16)
     matrix /= matrix.norm(dim=1, keepdim=True)
     out = {}
+    ids = [f"d{i}" for i in range(rows)]
     for name, n, k in (("1q_k10_end_to_end", 1, 10), ("64q_k1000_end_to_end", 64, 1000)):
         q = torch.nn.functional.normalize(torch.randn(n, dim), dim=1)
-        run = lambda: exact_topk([(matrix, rows, None)], q, k, layout.chunk_rows, layout.max_score_elements)  # noqa: E731
+        run = lambda: ranked_topk([(matrix, rows, None)], q, k, layout.chunk_rows,  # noqa: E731
+                                  layout.max_score_elements).columns([ids])
         for _ in range(3):
             run()
         torch.cuda.synchronize()

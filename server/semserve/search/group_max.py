@@ -103,12 +103,14 @@ def group_max_triton(queries: torch.Tensor, rows: torch.Tensor, valid: torch.Ten
     queries = queries.contiguous()
     if rows.stride(1) != 1:
         rows = rows.contiguous()
-    # Few queries: the scan is bound by reading the rows, so take more rows per program; many
-    # queries: square tiles for the tensor cores.
+    # Tile shapes from a sweep on an H100 over 4M x 768 rows (docs/benchmarks.md), kept within
+    # an A100's shared memory. Few queries: the scan is bound by reading the rows, and a deeper
+    # slice of each row per step (BLOCK_D 128) read them at 1.03x a device copy's traffic where
+    # BLOCK_D 64 reached 0.95x; many queries: square tiles for the tensor cores.
     if num_queries <= 16:
-        block_q, block_n, block_d, warps, stages = 16, 256, 64, 4, 4
+        block_q, block_n, block_d, warps, stages = 16, 128, 128, 4, 4
     elif num_queries <= 64:
-        block_q, block_n, block_d, warps, stages = 64, 128, 64, 4, 4
+        block_q, block_n, block_d, warps, stages = 64, 64, 128, 4, 3
     else:
         block_q, block_n, block_d, warps, stages = 128, 128, 64, 8, 3
     grid = (triton.cdiv(num_queries, block_q), triton.cdiv(num_rows, block_n))
