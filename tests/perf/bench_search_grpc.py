@@ -71,7 +71,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=300)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--profile", type=Path, default=None,
-                        help="py-spy raw profile of the server (all threads) during the one-query calls")
+                        help="py-spy raw profile of the server (all threads) during calls of the first case")
     parser.add_argument("--cases", default="1x10,64x10",
                         help="QUERIESxK per call, comma-separated (e.g. 1x10,64x10,64x1000,1024x10)")
     parser.add_argument("--out", type=Path, default=None)
@@ -116,7 +116,7 @@ def main() -> None:
                     queries /= np.linalg.norm(queries, axis=2, keepdims=True)
                     times = []
                     spy = None
-                    if args.profile and per_call == 1:
+                    if args.profile and (per_call, top_k) == cases[0]:
                         spy = subprocess.Popen(
                             ["py-spy", "record", "--pid", str(proc.pid), "--duration", "4", "--rate", "1000",
                              "--format", "raw", "--threads", "--nonblocking", "--output", str(args.profile)],
@@ -124,7 +124,7 @@ def main() -> None:
                         time.sleep(0.5)
                         deadline = time.monotonic() + 4
                         while time.monotonic() < deadline:  # calls during the recording, not timed
-                            client.search_collection("bench", [list(map(float, queries[0, 0]))], top_k=top_k)
+                            client.search_collection("bench", [list(map(float, q)) for q in queries[0]], top_k=top_k)
                         spy.wait(30)
                     for i, batch in enumerate(queries):
                         vectors = [list(map(float, q)) for q in batch]

@@ -44,11 +44,15 @@ MAX_FUSED_K = 128
 RESCORE_BYTES = 1 << 28
 # Scores per block in the two-level selection of ``chunk_topk``.
 BLOCK = 64
+# A GPU shard's candidates are put best first on the device from this many (queries x k) on:
+# sorting and gathering 64 x 1000 of them on the host took 3 ms (docs/benchmarks.md); a few
+# are sorted faster on the host than a launch costs.
+SORT_ON_DEVICE = 4096
 
 
 @dataclass
 class ShardHits:
-    """Best candidates of one shard: scores and shard-local rows, both (queries, <=k), best first."""
+    """Best candidates of one shard: scores and shard-local rows, both (queries, <=k), in no set order."""
 
     scores: torch.Tensor
     rows: torch.Tensor
@@ -312,7 +316,11 @@ def ranked_topk(
             stream = side
         with torch.cuda.stream(stream):
             hits = _search_shard(matrix, used_rows, queries, k, step, mask)
-            launched.append((index, _Pending.copy_back(hits, stream)))
+            ordered = hits.scores.numel() >= SORT_ON_DEVICE
+            if ordered:
+                hits.scores, order = torch.sort(hits.scores, dim=1, descending=True)
+                hits.rows = torch.gather(hits.rows, 1, order)
+            launched.append((index, _Pending.copy_back(hits, stream, ordered)))
     if not launched:
         empty = np.zeros((queries.shape[0], 0), dtype=np.int64)
         return Ranked(empty.astype(np.float32), empty, empty, np.zeros(queries.shape[0], dtype=np.int64))
@@ -325,11 +333,14 @@ def ranked_topk(
             matrix, used_rows, mask = shards[index]
             hits = shard_topk(matrix, used_rows, _queries_on(matrix, queries), k, step, mask)
             scores, rows = hits.scores.cpu(), hits.rows.cpu()
+            pending.ordered = False
         per_shard.append((index, scores, rows))
     if len(per_shard) == 1:
-        index, scores, rows = per_shard[0]
-        top, picked = torch.topk(scores, min(k, scores.shape[1]), dim=1, sorted=True)
-        rows = torch.gather(rows, 1, picked).numpy()
+        index, top, rows = per_shard[0]
+        if not launched[0][1].ordered:
+            top, picked = torch.topk(top, min(k, top.shape[1]), dim=1, sorted=True)
+            rows = torch.gather(rows, 1, picked)
+        rows = rows.numpy()
         shard_of = np.full(rows.shape, index, dtype=np.int64)
     else:
         # Key = shard << 40 | row: one int64 carries both through the merge.
@@ -381,13 +392,16 @@ class _Pending:
     event: "torch.cuda.Event | None" = None
     # Per query, the rows that reached a sampled threshold (search/threshold_scan.py), if it was used.
     counts: torch.Tensor | None = None
+    # Whether each query's candidates are already best first.
+    ordered: bool = False
 
     @classmethod
     def done(cls, hits: ShardHits) -> "_Pending":
         return cls(hits.scores, hits.rows)
 
     @classmethod
-    def copy_back(cls, hits: ShardHits | ThresholdHits, stream: "torch.cuda.Stream") -> "_Pending":
+    def copy_back(cls, hits: ShardHits | ThresholdHits, stream: "torch.cuda.Stream", ordered: bool = False
+                  ) -> "_Pending":
         parts = [hits.scores, hits.rows]
         if isinstance(hits, ThresholdHits):
             parts.append(hits.counts)
@@ -398,7 +412,7 @@ class _Pending:
         # again only to work queued behind these copies.
         event = torch.cuda.Event()
         event.record(stream)
-        return cls(copies[0], copies[1], event, copies[2] if len(copies) > 2 else None)
+        return cls(copies[0], copies[1], event, copies[2] if len(copies) > 2 else None, ordered)
 
     def wait(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.event is not None:
