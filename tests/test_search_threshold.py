@@ -14,6 +14,7 @@ from semserve.search.threshold_scan import (
     capacity,
     complete,
     sample_rank,
+    sample_stride,
     sample_thresholds,
     shard_fits,
     threshold_scan_reference,
@@ -93,17 +94,17 @@ def test_a_threshold_set_too_high_or_too_low_is_caught(monkeypatch):
     assert (overflowing.counts == used).all() and not complete(overflowing.counts, k)
 
 
-def test_the_threshold_is_at_most_the_samples_rank_score():
-    k = 100
-    rank = sample_rank(k)
-    for rows in (64_000, 8_000):  # block maxima of the sample, then a sample too small for blocks
+@pytest.mark.parametrize("k", [129, 1000])
+def test_the_threshold_is_at_most_the_samples_rank_score(k):
+    rank, stride = sample_rank(k), sample_stride(k)
+    assert rank >= 25 and rank * stride >= 3 * k
+    for rows in (64 * 8 * stride * rank // 4, stride * rank * 4):  # block maxima of the sample; a sample too small for them
         matrix = torch.arange(rows, dtype=torch.float32).unsqueeze(1)  # row i scores i
         q = torch.ones(1, 1)
         threshold = float(sample_thresholds(q, matrix, rows, None, k))
-        sampled = torch.arange(0, rows, 16, dtype=torch.float32).sort(descending=True).values
+        sampled = torch.arange(0, rows, stride, dtype=torch.float32).sort(descending=True).values
         assert threshold <= float(sampled[rank - 1])
-        assert threshold >= float(sampled[rank * 16 - 1]) if len(sampled) >= rank * 16 else True
-        if rows == 8_000:
+        if len(sampled) < 8 * rank * 16:
             assert threshold == float(sampled[rank - 1])
 
 

@@ -5,9 +5,9 @@ Group maxima (search/group_max.py) suit small k: k groups of GROUP rows are resc
 For k = 1000 that is 32,000 rows per query, and 64 queries re-read 3 GB, as much as the scan
 itself (docs/benchmarks.md). Here the threshold comes first instead:
 
-1. **Sample.** Every SAMPLE_STRIDE-th row is scored (one strided matmul, no copy), and each
-   query's threshold is the score of rank ``sample_rank(k)`` in its sample: about
-   SAMPLE_STRIDE x that rank, 3k, rows of the shard are expected to reach it.
+1. **Sample.** Every ``sample_stride(k)``-th row is scored (one strided matmul, no copy), and
+   each query's threshold is about the score of rank ``sample_rank(k)`` in its sample: stride x
+   rank, 3k, rows of the shard are expected to reach it.
 2. **Scan.** One Triton kernel computes tiles of ``queries x rows`` scores on tensor cores,
    rounds them to the storage dtype as a matmul's output would be, and appends the rows at or
    above their query's threshold to that query's list (an atomic counter per query reserves a
@@ -34,20 +34,31 @@ import torch
 NEG_INF = float("-inf")
 # Largest k served by this path; beyond it the lists (8k rows a query) outgrow their use.
 MAX_THRESHOLD_K = 1024
-# One row in SAMPLE_STRIDE is scored to set the thresholds: 6% more reads than the scan alone.
-SAMPLE_STRIDE = 16
+# One row in 16 to 64 is scored to set the thresholds (``sample_stride``): 2-6% more reads
+# than the scan alone.
+MIN_SAMPLE_STRIDE, MAX_SAMPLE_STRIDE = 16, 64
+# The sample's rank error is about stride x sqrt(rank) rows: the stride keeps the rank at least
+# this high where it can.
+MIN_SAMPLE_RANK = 32
 # Sample scores per block whose maximum stands for the block when the threshold is picked.
 SAMPLE_BLOCK = 16
-# Rows expected at or above the threshold, per k: the sample's rank error is about
-# SAMPLE_STRIDE x sqrt(rank), so 3k leaves k = 129 more than three of those above k.
+# Rows expected at or above the threshold, per k: 3k leaves k = 129 (stride 16, rank 25) more
+# than three times the sample's rank error above k, and k = 1000 (stride 64, rank 47) more
+# than four.
 EXPECTED_PER_K = 3
 # Rows a query's list holds, per k: the expected 3k with a margin as wide again as the one below.
 CAPACITY_PER_K = 8
 
 
+def sample_stride(k: int) -> int:
+    """Rows per sampled row: sparser for larger k, while the rank stays at MIN_SAMPLE_RANK. At 64
+    queries and k = 1000 over 4M rows, stride 16 cost 0.38 ms of a 2.6 ms search (docs/benchmarks.md)."""
+    return max(MIN_SAMPLE_STRIDE, min(MAX_SAMPLE_STRIDE, EXPECTED_PER_K * k // MIN_SAMPLE_RANK))
+
+
 def sample_rank(k: int) -> int:
     """The rank in the sample whose score becomes the threshold (about 3k rows of the shard reach it)."""
-    return -(-EXPECTED_PER_K * k // SAMPLE_STRIDE)
+    return -(-EXPECTED_PER_K * k // sample_stride(k))
 
 
 def capacity(k: int) -> int:
@@ -79,7 +90,7 @@ def complete(counts: torch.Tensor, k: int) -> bool:
 
 def sample_thresholds(queries: torch.Tensor, matrix: torch.Tensor, used_rows: int,
                       mask: torch.Tensor | None, k: int) -> torch.Tensor:
-    """Per query, about the score of rank ``sample_rank(k)`` among every SAMPLE_STRIDE-th live
+    """Per query, about the score of rank ``sample_rank(k)`` among every ``sample_stride(k)``-th live
     row (float32; -inf when the sample has fewer live rows, which lets every row through and so
     sends the shard to the chunked path).
 
@@ -89,10 +100,11 @@ def sample_thresholds(queries: torch.Tensor, matrix: torch.Tensor, used_rows: in
     as high), and a ``torch.topk`` over 1024 queries' samples of 4M rows took 1.9 ms where
     over their block maxima it takes a tenth of that.
     """
-    sample = matrix[:used_rows:SAMPLE_STRIDE]
+    stride = sample_stride(k)
+    sample = matrix[:used_rows:stride]
     scores = torch.matmul(queries, sample.T)
     if mask is not None:
-        scores.masked_fill_(~mask[:used_rows:SAMPLE_STRIDE], NEG_INF)
+        scores.masked_fill_(~mask[:used_rows:stride], NEG_INF)
     rank = sample_rank(k)
     blocks = scores.shape[1] // SAMPLE_BLOCK
     if blocks >= 8 * rank:
