@@ -79,7 +79,6 @@ class ThresholdHits:
     scores: torch.Tensor
     rows: torch.Tensor
     counts: torch.Tensor
-    k: int
 
 
 def complete(counts: torch.Tensor, k: int) -> bool:
@@ -226,7 +225,7 @@ def threshold_shard_topk(matrix: torch.Tensor, used_rows: int, queries: torch.Te
     valid = mask[:used_rows] if mask is not None else None
     counts, scores, rows = scan(queries, matrix[:used_rows], valid, thresholds, capacity(k))
     best, picked = torch.topk(scores, min(k, scores.shape[1]), dim=1, sorted=False)
-    return ThresholdHits(best, torch.gather(rows, 1, picked).long(), counts, k)
+    return ThresholdHits(best, torch.gather(rows, 1, picked).long(), counts)
 
 
 @functools.cache
