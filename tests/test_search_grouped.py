@@ -10,22 +10,7 @@ import torch
 
 from semserve.search.group_max import GROUP, group_max_reference
 from semserve.search.topk import grouped_shard_topk, shard_topk
-
-
-def brute_force(matrix, used, queries, k, mask=None):
-    scores = queries @ matrix[:used].T
-    if mask is not None:
-        scores = scores.masked_fill(~mask[:used], float("-inf"))
-    return torch.topk(scores, min(k, used), dim=1)
-
-
-def same_top(hits, reference):
-    expected_scores, expected_rows = reference
-    for got_rows, got_scores, rows, scores in zip(hits.rows, hits.scores, expected_rows, expected_scores):
-        finite = scores > float("-inf")
-        assert set(got_rows[got_scores > float("-inf")].tolist()) == set(rows[finite].tolist())
-        torch.testing.assert_close(got_scores.sort(descending=True).values[: int(finite.sum())], scores[finite],
-                                   rtol=1e-5, atol=1e-5)
+from topk_checks import assert_matches_float32_brute_force, assert_same_top, brute_force
 
 
 @pytest.mark.parametrize("used, step, k", [
@@ -41,7 +26,7 @@ def test_grouped_selection_equals_brute_force(used, step, k, queries):
     matrix = torch.randn(used + 50, 24, generator=generator)  # rows beyond `used` must never come back
     q = torch.randn(queries, 24, generator=generator)
     hits = grouped_shard_topk(matrix, used, q, k, step)
-    same_top(hits, brute_force(matrix, used, q, k))
+    assert_same_top(hits.scores, hits.rows, brute_force(matrix, used, q, k))
     assert (hits.rows < used).all()
 
 
@@ -54,7 +39,7 @@ def test_masked_rows_never_come_back_even_when_whole_groups_are_masked():
     mask[1990:] = True
     hits = grouped_shard_topk(matrix, 2000, q, 12, 512, mask)
     assert mask[hits.rows[hits.scores > float("-inf")]].all()
-    same_top(hits, brute_force(matrix, 2000, q, 12, mask))
+    assert_same_top(hits.scores, hits.rows, brute_force(matrix, 2000, q, 12, mask))
 
 
 def test_fewer_valid_rows_than_k_gives_short_lists():
@@ -99,7 +84,7 @@ def test_rescoring_in_query_blocks_equals_brute_force(monkeypatch):
     mask = torch.rand(20000, generator=generator) > 0.3
     hits = grouped_shard_topk(matrix, 19990, q, 200, 4096, mask)
     assert hits.rows.shape == (10, 200)
-    same_top(hits, brute_force(matrix, 19990, q, 200, mask))
+    assert_same_top(hits.scores, hits.rows, brute_force(matrix, 19990, q, 200, mask))
 
 
 def test_fused_path_is_taken_while_rescoring_reads_less_than_the_scan():
@@ -128,19 +113,7 @@ def test_fused_kernel_on_the_gpu_equals_a_float32_brute_force(queries, k):
     q = torch.nn.functional.normalize(torch.randn(queries, dim, generator=generator), dim=1)
     assert fused_applies(matrix, k, queries, rows)
     hits = exact_topk([(matrix, rows, mask)], q, k, 65536, 1 << 24)
-    exact = (q.cuda() @ matrix.float().T).masked_fill(~mask, float("-inf"))
-    want_scores, want_rows = torch.topk(exact, k, dim=1)
-    exact = exact.cpu()
-    for query, (got, scores, wanted) in enumerate(zip(hits, want_scores.cpu(), want_rows.cpu())):
-        assert len(got) == k
-        got_rows = {row for _, row, _ in got}
-        kth = float(scores[-1])
-        # A row may be swapped only for one whose score ties with the k-th within fp16 rounding.
-        for row, score in zip(wanted.tolist(), scores.tolist()):
-            if row not in got_rows:
-                assert kth - score <= 2e-3 and score - kth <= 2e-3
-        for row in got_rows:
-            assert bool(mask[row]) and float(exact[query, row]) >= kth - 2e-3
+    assert_matches_float32_brute_force(hits, matrix, mask, q, k)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton kernel needs a CUDA device")

@@ -20,22 +20,7 @@ from semserve.search.threshold_scan import (
     threshold_scan_reference,
     threshold_shard_topk,
 )
-
-
-def brute_force(matrix, used, queries, k, mask=None):
-    scores = queries @ matrix[:used].T
-    if mask is not None:
-        scores = scores.masked_fill(~mask[:used], float("-inf"))
-    return torch.topk(scores, min(k, used), dim=1)
-
-
-def assert_same_top(scores, rows, reference):
-    expected_scores, expected_rows = reference
-    for got_rows, got_scores, want_rows, want_scores in zip(rows, scores, expected_rows, expected_scores):
-        finite = want_scores > float("-inf")
-        assert set(got_rows[got_scores > float("-inf")].tolist()) == set(want_rows[finite].tolist())
-        torch.testing.assert_close(got_scores.sort(descending=True).values[: int(finite.sum())],
-                                   want_scores[finite], rtol=1e-5, atol=1e-5)
+from topk_checks import assert_matches_float32_brute_force, assert_same_top, brute_force
 
 
 @pytest.mark.parametrize("used, k, queries", [(40_000, 200, 1), (60_000, 300, 7), (100_003, 129, 3)])
@@ -138,18 +123,7 @@ def test_threshold_kernel_on_the_gpu_equals_a_float32_brute_force(queries, k, ma
     q = torch.nn.functional.normalize(torch.randn(queries, dim, generator=generator), dim=1)
     assert not fused_applies(matrix, k, queries, rows) and threshold_applies(matrix, k, queries, rows)
     hits = exact_topk([(matrix, rows, mask)], q, k, 65536, 1 << 24)
-    exact = (q.cuda() @ matrix.float().T).masked_fill(~mask, float("-inf"))
-    want_scores, want_rows = torch.topk(exact, k, dim=1)
-    exact = exact.cpu()
-    for query, (got, scores, wanted) in enumerate(zip(hits, want_scores.cpu(), want_rows.cpu())):
-        assert len(got) == k
-        got_rows = {row for _, row, _ in got}
-        kth = float(scores[-1])
-        for row, score in zip(wanted.tolist(), scores.tolist()):
-            if row not in got_rows:
-                assert abs(kth - score) <= 2e-3
-        for row in got_rows:
-            assert bool(mask[row]) and float(exact[query, row]) >= kth - 2e-3
+    assert_matches_float32_brute_force(hits, matrix, mask, q, k)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton kernel needs a CUDA device")

@@ -44,57 +44,11 @@ def triton_available() -> bool:
     return True
 
 
-@functools.cache
-def _kernel():
-    import triton
-    import triton.language as tl
-
-    # Triton compiles a variant per "== 1" / "divisible by 16" class of each integer argument; the
-    # counts change with every write and query batch, and a compile takes about a second, which
-    # a search would wait for. Only the dimension and the strides of the inputs (which decide
-    # vectorised loads; fixed per collection) are specialised. The output's stride is the group
-    # count, which changes with the rows like the counts do.
-    @triton.jit(do_not_specialize=["num_queries", "num_rows", "num_groups", "stride_out"])
-    def group_max_kernel(q_ptr, m_ptr, valid_ptr, out_ptr, num_queries, num_rows, dim, num_groups,
-                         stride_q, stride_m, stride_out,
-                         HAS_VALID: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
-                         BLOCK_D: tl.constexpr, GROUP_SIZE: tl.constexpr):
-        # Axis 0 (fastest) walks the query tiles of one row tile, so a row tile read from HBM is
-        # reused from L2 by every query tile.
-        pid_q = tl.program_id(0)
-        pid_n = tl.program_id(1)
-        offs_q = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
-        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        # Element offsets of a large shard pass 2**31 (4M rows x 768): 64-bit row bases.
-        row_base = offs_n.to(tl.int64) * stride_m
-        query_base = offs_q.to(tl.int64) * stride_q
-        acc = tl.zeros((BLOCK_Q, BLOCK_N), dtype=tl.float32)
-        for d0 in range(0, dim, BLOCK_D):
-            offs_d = d0 + tl.arange(0, BLOCK_D)
-            q = tl.load(q_ptr + query_base[:, None] + offs_d[None, :],
-                        mask=(offs_q[:, None] < num_queries) & (offs_d[None, :] < dim), other=0.0)
-            m = tl.load(m_ptr + row_base[None, :] + offs_d[:, None],
-                        mask=(offs_n[None, :] < num_rows) & (offs_d[:, None] < dim), other=0.0)
-            acc += tl.dot(q, m)
-        # Rounded to the storage dtype as a matmul's output would be, so the kernel's maxima and
-        # the exact rescoring agree on which rows are ahead.
-        scores = acc.to(q_ptr.dtype.element_ty).to(tl.float32)
-        keep = offs_n < num_rows
-        if HAS_VALID:
-            keep = keep & (tl.load(valid_ptr + offs_n, mask=offs_n < num_rows, other=0) != 0)
-        scores = tl.where(keep[None, :], scores, float("-inf"))
-        maxima = tl.max(tl.reshape(scores, (BLOCK_Q, BLOCK_N // GROUP_SIZE, GROUP_SIZE)), axis=2)
-        offs_g = pid_n * (BLOCK_N // GROUP_SIZE) + tl.arange(0, BLOCK_N // GROUP_SIZE)
-        tl.store(out_ptr + offs_q.to(tl.int64)[:, None] * stride_out + offs_g[None, :],
-                 maxima.to(out_ptr.dtype.element_ty),
-                 mask=(offs_q[:, None] < num_queries) & (offs_g[None, :] < num_groups))
-
-    return group_max_kernel
-
-
 def group_max_triton(queries: torch.Tensor, rows: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
     """``group_max_reference`` as one Triton kernel (CUDA, fp16 or bf16 rows and queries)."""
     import triton
+
+    from semserve.search import kernels
 
     num_queries, dim = queries.shape
     num_rows = rows.shape[0]
@@ -115,7 +69,7 @@ def group_max_triton(queries: torch.Tensor, rows: torch.Tensor, valid: torch.Ten
         block_q, block_n, block_d, warps, stages = 128, 128, 64, 8, 3
     grid = (triton.cdiv(num_queries, block_q), triton.cdiv(num_rows, block_n))
     valid_arg = valid.view(torch.uint8) if valid is not None else out
-    _kernel()[grid](
+    kernels.group_max_kernel[grid](
         queries, rows, valid_arg, out, num_queries, num_rows, dim, num_groups,
         queries.stride(0), rows.stride(0), out.stride(0),
         HAS_VALID=valid is not None, BLOCK_Q=block_q, BLOCK_N=block_n, BLOCK_D=block_d, GROUP_SIZE=GROUP,
@@ -152,48 +106,14 @@ def rescore_reference(queries: torch.Tensor, matrix: torch.Tensor, groups: torch
     return scores.float(), rows
 
 
-@functools.cache
-def _rescore_kernel():
-    import triton
-    import triton.language as tl
-
-    @triton.jit(do_not_specialize=["num_rows", "candidates", "stride_groups"])
-    def rescore_kernel(q_ptr, m_ptr, groups_ptr, valid_ptr, scores_ptr, rows_ptr, num_rows, dim, candidates,
-                       stride_q, stride_m, stride_groups,
-                       HAS_VALID: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
-                       GROUP_SIZE: tl.constexpr):
-        # One program scores BLOCK_R of one query's candidate rows, read where they lie: no
-        # gathered copy of their vectors, no index arithmetic left to separate kernels.
-        pid_q = tl.program_id(0)
-        offs_c = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)
-        listed = offs_c < candidates
-        group = tl.load(groups_ptr + pid_q * stride_groups + offs_c // GROUP_SIZE, mask=listed, other=0)
-        row = group.to(tl.int64) * GROUP_SIZE + offs_c % GROUP_SIZE
-        live = listed & (row < num_rows)
-        acc = tl.zeros((BLOCK_R,), dtype=tl.float32)
-        for d0 in range(0, dim, BLOCK_D):
-            offs_d = d0 + tl.arange(0, BLOCK_D)
-            q = tl.load(q_ptr + pid_q * stride_q + offs_d, mask=offs_d < dim, other=0.0).to(tl.float32)
-            m = tl.load(m_ptr + row[:, None] * stride_m + offs_d[None, :],
-                        mask=live[:, None] & (offs_d[None, :] < dim), other=0.0).to(tl.float32)
-            acc += tl.sum(m * q[None, :], axis=1)
-        # Rounded to the storage dtype, as the scan's maxima and a matmul's output are.
-        scores = acc.to(q_ptr.dtype.element_ty).to(tl.float32)
-        if HAS_VALID:
-            live = live & (tl.load(valid_ptr + row, mask=live, other=0) != 0)
-        out = pid_q.to(tl.int64) * candidates + offs_c
-        tl.store(scores_ptr + out, tl.where(live, scores, float("-inf")), mask=listed)
-        tl.store(rows_ptr + out, tl.where(live, row, 0), mask=listed)
-
-    return rescore_kernel
-
-
 def rescore_triton(queries: torch.Tensor, matrix: torch.Tensor, groups: torch.Tensor, used_rows: int,
                    valid: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """``rescore_reference`` as one Triton kernel (CUDA, fp16 or bf16): it replaces a dozen
     launches (index arithmetic, a gather, a batched matmul, masks), which for a single query
     cost more than its scan of a million rows."""
     import triton
+
+    from semserve.search import kernels
 
     num_queries, dim = queries.shape
     groups = groups.contiguous()
@@ -205,7 +125,7 @@ def rescore_triton(queries: torch.Tensor, matrix: torch.Tensor, groups: torch.Te
     queries = queries.contiguous()
     block_r = 64
     grid = (num_queries, triton.cdiv(candidates, block_r))
-    _rescore_kernel()[grid](
+    kernels.rescore_kernel[grid](
         queries, matrix, groups, valid.view(torch.uint8) if valid is not None else scores, scores, rows,
         used_rows, dim, candidates, queries.stride(0), matrix.stride(0), groups.stride(0),
         HAS_VALID=valid is not None, BLOCK_R=block_r, BLOCK_D=64, GROUP_SIZE=GROUP, num_warps=4,

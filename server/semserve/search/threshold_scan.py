@@ -132,53 +132,6 @@ def threshold_scan_reference(queries: torch.Tensor, rows: torch.Tensor, valid: t
     return counts, out_scores, out_rows
 
 
-@functools.cache
-def _kernel():
-    import triton
-    import triton.language as tl
-
-    # Counts change with every write and query batch: not specialised (search/group_max.py).
-    @triton.jit(do_not_specialize=["num_queries", "num_rows", "slots"])
-    def threshold_scan_kernel(q_ptr, m_ptr, valid_ptr, thresholds_ptr, counts_ptr, scores_ptr, rows_ptr,
-                              num_queries, num_rows, dim, slots, stride_q, stride_m,
-                              HAS_VALID: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
-                              BLOCK_D: tl.constexpr):
-        pid_q = tl.program_id(0)
-        pid_n = tl.program_id(1)
-        offs_q = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
-        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        row_base = offs_n.to(tl.int64) * stride_m
-        query_base = offs_q.to(tl.int64) * stride_q
-        acc = tl.zeros((BLOCK_Q, BLOCK_N), dtype=tl.float32)
-        for d0 in range(0, dim, BLOCK_D):
-            offs_d = d0 + tl.arange(0, BLOCK_D)
-            q = tl.load(q_ptr + query_base[:, None] + offs_d[None, :],
-                        mask=(offs_q[:, None] < num_queries) & (offs_d[None, :] < dim), other=0.0)
-            m = tl.load(m_ptr + row_base[None, :] + offs_d[:, None],
-                        mask=(offs_n[None, :] < num_rows) & (offs_d[:, None] < dim), other=0.0)
-            acc += tl.dot(q, m)
-        scores = acc.to(q_ptr.dtype.element_ty).to(tl.float32)
-        live = offs_n < num_rows
-        if HAS_VALID:
-            live = live & (tl.load(valid_ptr + offs_n, mask=offs_n < num_rows, other=0) != 0)
-        asked = offs_q < num_queries
-        thresholds = tl.load(thresholds_ptr + offs_q, mask=asked, other=float("inf"))
-        passed = live[None, :] & asked[:, None] & (scores >= thresholds[:, None])
-        # A tile with no row above any threshold skips the appends (one uniform branch).
-        if tl.max(tl.max(passed.to(tl.int32), axis=1), axis=0) > 0:
-            # One atomic per passing score takes its query's next slot. Measured on an H100 with
-            # 64 queries (docs/benchmarks.md), this costs 0.26 ms over the group maxima's scan
-            # where one atomic per query and tile plus a running sum cost 1.3 ms.
-            zeros = tl.zeros((BLOCK_Q, BLOCK_N), tl.int32)
-            slot = tl.atomic_add(counts_ptr + offs_q[:, None] + zeros, 1, mask=passed, sem="relaxed")
-            keep = passed & (slot < slots)
-            out = offs_q.to(tl.int64)[:, None] * slots + slot
-            tl.store(scores_ptr + out, scores, mask=keep)
-            tl.store(rows_ptr + out, offs_n[None, :] + zeros, mask=keep)
-
-    return threshold_scan_kernel
-
-
 def _tiles(num_queries: int) -> tuple[int, int, int, int, int]:
     """(BLOCK_Q, BLOCK_N, BLOCK_D, warps, stages). From a sweep on an H100 over 4M x 768 rows
     (docs/benchmarks.md): narrower row tiles than the group maxima's, as the appends after the
@@ -197,6 +150,8 @@ def threshold_scan_triton(queries: torch.Tensor, rows: torch.Tensor, valid: torc
     """``threshold_scan_reference`` as one Triton kernel (CUDA, fp16 or bf16 rows and queries)."""
     import triton
 
+    from semserve.search import kernels
+
     num_queries, dim = queries.shape
     num_rows = rows.shape[0]
     counts = torch.zeros(num_queries, dtype=torch.int32, device=rows.device)
@@ -207,7 +162,7 @@ def threshold_scan_triton(queries: torch.Tensor, rows: torch.Tensor, valid: torc
         rows = rows.contiguous()
     block_q, block_n, block_d, warps, stages = _tiles(num_queries)
     grid = (triton.cdiv(num_queries, block_q), triton.cdiv(num_rows, block_n))
-    _kernel()[grid](
+    kernels.threshold_scan_kernel[grid](
         queries, rows, valid.view(torch.uint8) if valid is not None else counts, thresholds.contiguous(),
         counts, out_scores, out_rows, num_queries, num_rows, dim, slots, queries.stride(0), rows.stride(0),
         HAS_VALID=valid is not None, BLOCK_Q=block_q, BLOCK_N=block_n, BLOCK_D=block_d,
