@@ -55,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gRPC front-end processes feeding one engine process (SO_REUSEPORT on one port): a number, "
                    "0 for a single process, or auto (GPU hosts: cores - 2, at most 8 per GPU; CPU-only hosts: 0) (SEMSERVE_FRONTENDS)")
     s.add_argument("--device", default=_env("device", "auto"), help="auto, cpu, cuda, or cuda:0,cuda:1 (SEMSERVE_DEVICE)")
+    s.add_argument("--engines", choices=("one", "per-device"), default=_env("engines", "one"),
+                   help="one: one engine process drives every device; per-device: an engine process per device, "
+                   "the front ends spreading model calls over them, collections in the first (needs front-end "
+                   "processes; engine i serves its /metrics on --metrics-port + i) (SEMSERVE_ENGINES)")
     s.add_argument("--dtype", default=_env("dtype", "auto"), help="auto, float32, float16, bfloat16 (SEMSERVE_DTYPE)")
     s.add_argument("--batch-policy", choices=("measured", "fixed"), default=_env("batch_policy", b.policy),
                    help="measured: time each model on its devices at load and choose the batch budget and size "
@@ -205,6 +209,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             max_documents_per_rerank=args.max_documents_per_rerank,
             max_receive_message_bytes=args.max_message_bytes,
         ),
+        engines=args.engines,
         grace_period_s=args.grace_period_s,
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host or None,
@@ -291,6 +296,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if frontends is None:
             frontends = default_frontends(config.device)
         if frontends == 0:
+            if config.engines == "per-device":
+                print("semserve: --engines per-device needs front-end processes (--frontends 1 or more): "
+                      "they spread the calls over the engines", file=sys.stderr)
+                return 2
             return serve_in_one_process(config)
 
         return asyncio.run(serve_with_frontends(config, frontends))

@@ -184,6 +184,9 @@ class SecurityConfig:
             raise ConfigError(f"--model-root {self.model_root}: no such folder")
 
 
+ENGINE_LAYOUTS = ("one", "per-device")
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     host: str = "127.0.0.1"
@@ -192,6 +195,12 @@ class ServerConfig:
     rerankers: tuple[ModelSpec, ...] = ()
     # "auto" (every GPU if any, else CPU), "cpu", "cuda", or a list such as "cuda:0,cuda:1".
     device: str = "auto"
+    # "one": one engine process drives every device (a worker per device); "per-device": an engine
+    # process per device named, front ends spreading calls over them (process/engines.py).
+    engines: str = "one"
+    # Whether this engine process holds the collection store: every engine but the first of a
+    # per-device server leaves it to that one, the store's only writer.
+    holds_collections: bool = True
     # "auto" is float16 on GPU and float32 on CPU.
     dtype: str = "auto"
     batching: BatchingConfig = field(default_factory=BatchingConfig)
@@ -226,6 +235,8 @@ class ServerConfig:
         self.security.validate()
         if self.tracing not in ("off", "otlp"):
             raise ConfigError(f"tracing must be off or otlp, got {self.tracing!r}")
+        if self.engines not in ENGINE_LAYOUTS:
+            raise ConfigError(f"engines must be one of {', '.join(ENGINE_LAYOUTS)}, got {self.engines!r}")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be in 0..65535, got {self.port}")
         if self.limits.max_texts_per_request > self.batching.max_queue_size:

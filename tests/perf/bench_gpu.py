@@ -161,9 +161,9 @@ def search_bench(rows: int, dim: int, k: int) -> dict:
 
 
 def start_server(args: argparse.Namespace, models: dict[str, Path], reranker: Path,
-                 device: str = "cuda", frontends: str = "0") -> tuple[subprocess.Popen, str]:
+                 device: str = "cuda", frontends: str = "0", engines: str = "one") -> tuple[subprocess.Popen, str]:
     cmd = [sys.executable, "-m", "semserve", "serve", "--host", "127.0.0.1", "--port", "0", "--device", device,
-           "--frontends", frontends,
+           "--frontends", frontends, "--engines", engines,
            "--dtype", "float16", "--metrics-port", "0", "--max-batch-tokens", str(args.max_batch_tokens),
            "--max-batch-size", str(args.max_batch_size), "--max-queue-delay-ms", str(args.max_queue_delay_ms),
            "--tokenizer-threads", str(args.tokenizer_threads), "--max-queue-size", "65536",
@@ -383,8 +383,9 @@ def serve_section(args, frontends: str, bert: Path, ce: Path, texts: list[str], 
 
 
 def scaling_bench(args: argparse.Namespace, minilm: Path, bert: Path, ce: Path) -> dict:
-    """The same loads on one GPU and on every GPU (one replica each behind one batcher), and the
-    searcher over one shard against one shard per GPU."""
+    """The same loads on one GPU and on every GPU, the latter both ways (``--engines one``: a
+    worker per GPU in one engine process; ``--engines per-device``: an engine process per GPU),
+    and the searcher over one shard against one shard per GPU."""
     from semserve.search.topk import exact_topk
     from semserve.config import SearchConfig
 
@@ -393,17 +394,17 @@ def scaling_bench(args: argparse.Namespace, minilm: Path, bert: Path, ce: Path) 
     shard_devices = spread.split(",")
     gpus = len(shard_devices)
     out: dict = {"gpus": gpus, "devices": spread, "frontends": "auto"}
-    for devices in ("cuda:0", spread):
+    for devices, engines in (("cuda:0", "one"), (spread, "one"), (spread, "per-device")):
         proc, address = start_server(args, {"minilm": minilm, "bert-base": bert}, ce, device=devices,
-                                     frontends="auto")
+                                     frontends="auto", engines=engines)
         try:
             # The offered load grows with the devices, so each one's batches are as full as the
             # single GPU's (128 requests shared by two GPUs halved them: docs/benchmarks.md).
             in_flight = 128 * len(devices.split(","))
             for model, mode in (("minilm", "embed"), ("bert-base", "embed"), ("ce", "rerank")):
-                log(f"scaling: {model} on {devices}, {in_flight} requests in flight")
-                out[f"{model}@{devices}"] = load(address, args, mode=mode, model=model, concurrency=in_flight,
-                                                 request_size=32)
+                log(f"scaling: {model} on {devices} (--engines {engines}), {in_flight} requests in flight")
+                key = f"{model}@{devices}" + ("" if engines == "one" else f"/{engines}")
+                out[key] = load(address, args, mode=mode, model=model, concurrency=in_flight, request_size=32)
         finally:
             proc.terminate()
             proc.wait(60)

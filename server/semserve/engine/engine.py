@@ -70,13 +70,21 @@ class Engine:
         self.config = config
         self.devices = resolve_devices(config.device)
         self.registry = ModelRegistry()
-        self.store = CollectionStore(config.search, self.devices)
+        # Every engine of a per-device server but the first leaves the store to that one.
+        self.store: CollectionStore | None = (CollectionStore(config.search, self.devices)
+                                              if config.holds_collections else None)
         self.models_epoch = 0
         self._pool = ThreadPoolExecutor(config.search.threads, thread_name_prefix="search")
         self._frontends: dict[int, FrontendCounters] = {}
         self._maintenance: asyncio.Task | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def collections(self) -> CollectionStore:
+        if self.store is None:  # front ends send collection calls to the first engine only
+            raise FailedPrecondition("this engine process holds no collections: they are served by the first engine")
+        return self.store
 
     @property
     def calibration_dir(self):
@@ -102,23 +110,25 @@ class Engine:
         for model in self.registry:
             model.batcher.start()
         # Collections are recovered (snapshot + log replay) before anything is served.
-        await loop.run_in_executor(self._pool, self.store.open)
-        self._maintenance = loop.create_task(self._maintain_forever())
+        if self.store is not None:
+            await loop.run_in_executor(self._pool, self.store.open)
+            self._maintenance = loop.create_task(self._maintain_forever())
 
     async def stop(self) -> None:
         """Stop maintenance, close the store cleanly (snapshots, logs), stop every batcher."""
         if self._maintenance is not None:
             self._maintenance.cancel()
-        await asyncio.get_running_loop().run_in_executor(self._pool, self.store.close)
+        if self.store is not None:
+            await asyncio.get_running_loop().run_in_executor(self._pool, self.store.close)
         self._pool.shutdown(wait=False)
         await self.registry.stop_all(wait_s=BATCH_STOP_WAIT_S)
 
     async def _maintain_forever(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(self.store.config.maintenance_interval_s)
+            await asyncio.sleep(self.collections.config.maintenance_interval_s)
             try:
-                await loop.run_in_executor(self._pool, self.store.maintain)
+                await loop.run_in_executor(self._pool, self.collections.maintain)
             except Exception:  # keep maintaining; the next round retries
                 log.exception("search maintenance failed")
 
@@ -208,15 +218,15 @@ class Engine:
         failure = collection.failure
         return CollectionDescriptor(
             name=spec.name, model=spec.model, dimension=spec.dimension, metric=spec.metric, count=d["count"],
-            shards=d["shards"], devices=d["devices"], bytes=d["bytes"], dtype=d["dtype"], durable=self.store.durable,
+            shards=d["shards"], devices=d["devices"], bytes=d["bytes"], dtype=d["dtype"], durable=self.collections.durable,
             document_prompt=spec.document_prompt, query_prompt=spec.query_prompt, storage=spec.storage,
             rescore_multiplier=spec.rescore_multiplier, state=FAILED if failure else READY, failure_reason=failure.message if failure else "",
             failure_code=failure.code if failure else "",
         )
 
     def _describe_failed(self, name: str) -> CollectionDescriptor:
-        return CollectionDescriptor(name=name, model="", dimension=0, metric="", durable=self.store.durable,
-                                    state=FAILED, failure_reason=self.store.failure_message(name),
+        return CollectionDescriptor(name=name, model="", dimension=0, metric="", durable=self.collections.durable,
+                                    state=FAILED, failure_reason=self.collections.failure_message(name),
                                     failure_code=CollectionFailed.code)
 
     async def create_collection(self, name: str, model: str, dimension: int, metric: str,
@@ -238,28 +248,28 @@ class Engine:
             raise InvalidArgument(f"{storage} storage needs the cosine metric (it is made for unit vectors)")
         if not 1 <= rescore_multiplier <= 100:
             raise InvalidArgument(f"rescore_multiplier must be in 1..100, got {rescore_multiplier}")
-        collection = await self._blocking(self.store.create, name, model, dimension, metric, document_prompt,
+        collection = await self._blocking(self.collections.create, name, model, dimension, metric, document_prompt,
                                           query_prompt, storage, rescore_multiplier)
         return self._describe(collection)
 
     async def drop_collection(self, name: str) -> None:
-        await self._blocking(self.store.drop, name)
+        await self._blocking(self.collections.drop, name)
 
     async def list_collections(self) -> list[CollectionDescriptor]:
-        described = [self._describe(c) for c in self.store.list()]
-        described += [self._describe_failed(name) for name in self.store.failed()]
+        described = [self._describe(c) for c in self.collections.list()]
+        described += [self._describe_failed(name) for name in self.collections.failed()]
         return sorted(described, key=lambda d: d.name)
 
     async def get_collection(self, name: str) -> CollectionDescriptor:
-        if name in self.store.failed():
+        if name in self.collections.failed():
             return self._describe_failed(name)
-        return self._describe(self.store.get(name))
+        return self._describe(self.collections.get(name))
 
     async def upsert(
         self, collection: str, ids: list[str], texts: list[str], metadata: list[dict[str, str]], vectors: np.ndarray,
     ) -> Upserted:
         """Acknowledged once committed to disk (with a data dir) and searchable."""
-        target = self.store.get(collection)
+        target = self.collections.get(collection)
         dimension = target.spec.dimension
         if vectors.shape != (len(ids), dimension) or len(texts) != len(ids) or len(metadata) != len(ids):
             raise InvalidArgument(
@@ -269,13 +279,13 @@ class Engine:
         return Upserted(len(ids), Timing())
 
     async def delete(self, collection: str, ids: list[str]) -> int:
-        target = self.store.get(collection)
+        target = self.collections.get(collection)
         return await self._blocking(target.delete, ids)
 
     async def get_documents(
         self, collection: str, ids: list[str], include_embeddings: bool
     ) -> tuple[list[StoredDocument], list[str]]:
-        target = self.store.get(collection)
+        target = self.collections.get(collection)
         found, missing = await self._blocking(target.get, ids, include_embeddings)
         return [StoredDocument(i, t, m, v) for i, t, m, v in found], missing
 
@@ -283,7 +293,7 @@ class Engine:
         self, collection: str, queries: np.ndarray, top_k: int, where: dict[str, str],
         include_text: bool, include_metadata: bool,
     ) -> SearchHits:
-        target = self.store.get(collection)
+        target = self.collections.get(collection)
         dimension = target.spec.dimension
         if queries.ndim != 2 or queries.shape[1] != dimension:
             # Front ends leave this check to the engine for vector queries, so that a search

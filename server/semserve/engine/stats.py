@@ -154,10 +154,11 @@ class EngineStateCollector:
         failed = GaugeMetricFamily("semserve_collection_failed", "1 for a collection that is FAILED",
                                    labels=["collection"])
         store = self._engine.store
-        for collection in store.list():
-            documents.add_metric([collection.spec.name], len(collection.matrix))
-            failed.add_metric([collection.spec.name], 1 if collection.failed else 0)
-        for name in store.failed():
-            failed.add_metric([name], 1)
-        yield documents
-        yield failed
+        if store is not None:  # the first engine's metrics carry the collections
+            for collection in store.list():
+                documents.add_metric([collection.spec.name], len(collection.matrix))
+                failed.add_metric([collection.spec.name], 1 if collection.failed else 0)
+            for name in store.failed():
+                failed.add_metric([name], 1)
+            yield documents
+            yield failed

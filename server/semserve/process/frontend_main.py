@@ -20,6 +20,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from semserve.frontend.server import FrontEnd
 from semserve.ipc.client import RemoteCore
+from semserve.ipc.group import EngineGroup
 from semserve.process.children import (
     GIL_SWITCH_INTERVAL_S, child_arguments, read_config, report, setup_logging, stop_requested,
 )
@@ -29,7 +30,8 @@ log = logging.getLogger("semserve")
 
 async def run(config, address: str, index: int, ready_fd: int) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the handler below: a reload must not end the process
-    core = RemoteCore(address)
+    addresses = address.split(",")
+    core = RemoteCore(addresses[0]) if len(addresses) == 1 else EngineGroup(addresses)
     await core.start()
     frontend = FrontEnd(core, config, index=index, reuse_port=True)
     try:

@@ -1,16 +1,17 @@
-"""``semserve serve --frontends N``: one engine process, N front-end processes, one port.
+"""``semserve serve --frontends N``: one engine process (or one per device, ``--engines
+per-device``: process/engines.py), N front-end processes, one port.
 
 Order of events: reserve the port (a bound, non-listening SO_REUSEPORT socket keeps the number
-while the children start), start the engine and wait until it has loaded the models and
-recovered the store, then start the front ends, which bind the same port with SO_REUSEPORT so
-the kernel spreads connections over them. Health is SERVING only in a front end that is up,
-and none is up before the engine is ready.
+while the children start), start the engines and wait until each has loaded the models (and
+the first has recovered the store), then start the front ends, which bind the same port with
+SO_REUSEPORT so the kernel spreads connections over them. Health is SERVING only in a front end
+that is up, and none is up before every engine is ready.
 
 While serving: a front end that dies is started again in its slot and the server keeps
 answering on the others; an engine that dies ends the server at once with a non-zero status
 and a log line saying so (an orchestrator restarts it; a server without its engine must not
 look alive). On SIGTERM or SIGINT: the front ends drain first (no new calls, calls in flight
-finish within the grace period), then the engine stops and closes the store.
+finish within the grace period), then the engines stop and the first closes the store.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from pathlib import Path
 
 from semserve.config import ConfigError, ServerConfig
 from semserve.process.children import write_config
+from semserve.process.devices import gpu_count
+from semserve.process.engines import engine_configs
 from semserve.endpoints import check_metrics_port, metrics_description, warn_if_exposed
 
 log = logging.getLogger("semserve")
@@ -38,23 +41,6 @@ log = logging.getLogger("semserve")
 RESTART_INTERVAL_S = 1.0
 # The engine gets this long to close the store after SIGTERM before it is killed.
 ENGINE_STOP_S = 15.0
-
-
-def gpu_count(device_spec: str) -> int:
-    """How many GPUs the engine will run on, known without importing torch: an explicit device
-    list names them; for ``auto`` and ``cuda``, the NVIDIA driver lists its GPUs under
-    /proc/driver/nvidia/gpus, and CUDA_VISIBLE_DEVICES may hide some or all of them."""
-    spec = (device_spec or "auto").strip().lower()
-    if spec not in ("auto", "cuda"):
-        return len({part.strip() for part in spec.split(",") if part.strip().startswith("cuda")})
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES", None)
-    if visible is not None and visible.strip() in ("", "-1"):
-        return 0
-    gpus = Path("/proc/driver/nvidia/gpus")
-    present = sum(1 for _ in gpus.iterdir()) if gpus.is_dir() else 0
-    if visible is not None:
-        present = min(present, len([v for v in visible.split(",") if v.strip()]))
-    return present
 
 
 def default_frontends(device_spec: str) -> int:
@@ -164,12 +150,10 @@ class Supervisor:
         self.frontends = frontends
         self.port: int | None = None
         self._runtime = Path(tempfile.mkdtemp(prefix="semserve-"))
-        self._address = f"ipc://{self._runtime}/engine"
-        self._engine: Child | None = None
+        self._engine_configs = engine_configs(config)
+        self._addresses = [f"ipc://{self._runtime}/engine-{i}" for i in range(len(self._engine_configs))]
+        self._engines: list[Child] = []
         self._frontends: dict[int, Child] = {}
-
-    def _child_arguments(self, config_file: Path) -> list[str]:
-        return ["--config", str(config_file), "--address", self._address]
 
     async def run(self) -> int:
         try:
@@ -187,8 +171,9 @@ class Supervisor:
             reserved = reserve_port(cfg.host, cfg.port)
         except OSError as exc:
             raise ChildFailed(f"cannot bind {cfg.host}:{cfg.port}: {exc.strerror or exc}", 2) from None
-        try:  # a metrics port clash ends the start here, before the engine loads any model
-            check_metrics_port(cfg)
+        try:  # a metrics port clash ends the start here, before any engine loads a model
+            for engine_config in self._engine_configs:
+                check_metrics_port(engine_config)
         except ConfigError as exc:
             reserved.close()
             raise ChildFailed(str(exc), 2) from None
@@ -197,7 +182,7 @@ class Supervisor:
         frontend_config = dataclasses.replace(cfg, port=self.port)
         config_file = self._runtime / "config.pickle"
         write_config(frontend_config, config_file)
-        arguments = self._child_arguments(config_file)
+        arguments = ["--config", str(config_file), "--address", ",".join(self._addresses)]
 
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
@@ -205,17 +190,34 @@ class Supervisor:
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._forward_reload)
 
-        self._engine = await Child.start("engine", "semserve.process.engine_main", arguments)
-        started = json.loads(await self._engine.ready())
+        started = await self._start_engines()
         count = self.frontends
         await asyncio.gather(*(self._start_frontend(i, arguments) for i in range(count)))
+        engines = f"{len(self._engines)} engine processes (one per device), " if len(self._engines) > 1 else ""
         log.info(
-            "semserve listening on %s:%d; %s; %d front-end processes%s", cfg.host, self.port, started["summary"], count,
-            metrics_description(cfg),
+            "semserve listening on %s:%d; %s; %s%d front-end processes%s", cfg.host, self.port, started["summary"],
+            engines, count, metrics_description(cfg),
         )
         status = await self._supervise(stop, arguments)
         reserved.close()
         return status
+
+    async def _start_engines(self) -> dict:
+        """Start every engine at once (each loads the models on its devices) and wait for all;
+        returns what the first reported, with every engine's devices in its summary."""
+        for index, engine_config in enumerate(self._engine_configs):
+            config_file = self._runtime / f"engine-{index}.pickle"
+            write_config(engine_config, config_file)
+            role = "engine" if len(self._engine_configs) == 1 else f"engine {index}"
+            self._engines.append(await Child.start(
+                role, "semserve.process.engine_main",
+                ["--config", str(config_file), "--address", self._addresses[index]]))
+        reports = [json.loads(line) for line in await asyncio.gather(*(e.ready() for e in self._engines))]
+        first = reports[0]
+        if len(reports) > 1:
+            devices = [d for r in reports for d in r["devices"]]
+            first["summary"] = first["summary"].rsplit("; devices: ", 1)[0] + "; devices: " + ", ".join(devices)
+        return first
 
     def _forward_reload(self) -> None:
         """SIGHUP: each front end re-reads its API keys and TLS certificate."""
@@ -228,18 +230,18 @@ class Supervisor:
         await child.ready()
 
     async def _supervise(self, stop: asyncio.Event, arguments: list[str]) -> int:
-        assert self._engine is not None
         stopping = asyncio.ensure_future(stop.wait())
         last_restart: dict[int, float] = {}
         while True:
-            waits = [stopping, self._engine.exited, *(c.exited for c in self._frontends.values())]
+            waits = [stopping, *(e.exited for e in self._engines), *(c.exited for c in self._frontends.values())]
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            if self._engine.exited.done():
+            dead = next((e for e in self._engines if e.exited.done()), None)
+            if dead is not None:
                 log.error(
-                    "the engine process %s; stopping the server (calls in flight fail; restart it to serve again)",
-                    _exit_text(self._engine.exited.result()),
+                    "the %s process %s; stopping the server (calls in flight fail; restart it to serve again)",
+                    dead.role, _exit_text(dead.exited.result()),
                 )
-                for child in self._frontends.values():
+                for child in (*self._frontends.values(), *self._engines):
                     child.signal(signal.SIGKILL)
                 return 1
             if stop.is_set():
@@ -262,18 +264,16 @@ class Supervisor:
         grace = self.config.grace_period_s
         log.info("stopping: front ends drain (health NOT_SERVING, new calls refused, %.0fs grace), then the engine", grace)
         await asyncio.gather(*(c.stop(grace + 1.0) for c in self._frontends.values()))
-        assert self._engine is not None
-        clean = await self._engine.stop(ENGINE_STOP_S)
-        if not clean:
-            log.error("the engine did not stop within %.0fs and was killed", ENGINE_STOP_S)
+        stopped = await asyncio.gather(*(e.stop(ENGINE_STOP_S) for e in self._engines))
+        if not all(stopped):
+            log.error("an engine did not stop within %.0fs and was killed", ENGINE_STOP_S)
             return 1
         log.info("stopped")
         return 0
 
     async def _stop_all(self) -> None:
         await asyncio.gather(*(c.stop(2.0) for c in self._frontends.values()))
-        if self._engine is not None:
-            await self._engine.stop(ENGINE_STOP_S)
+        await asyncio.gather(*(e.stop(ENGINE_STOP_S) for e in self._engines))
 
 
 async def serve_with_frontends(config: ServerConfig, frontends: int) -> int:

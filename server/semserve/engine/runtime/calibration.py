@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -204,7 +205,9 @@ def save(choice: Choice, path: Path) -> None:
     raw = asdict(choice)
     raw["cached"] = False
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
+    # One temporary file per process: the engines of a per-device server on GPUs of one kind
+    # share a cache file and may save it at the same moment.
+    temporary = path.with_suffix(f".{os.getpid()}.tmp")
     temporary.write_text(json.dumps(raw))
     temporary.replace(path)
 

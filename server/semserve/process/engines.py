@@ -1,0 +1,43 @@
+"""How many engine processes a server runs, and each one's configuration (``--engines``).
+
+"one": a single engine drives every device named, with a worker per device. "per-device": an
+engine process per device, so each device's batcher, batch preparation and replies have a
+process and a GIL of their own; the front ends spread model calls over them
+(ipc/group.py). The first engine holds the collection store, whose shards may still sit on
+every device, and is the store's only writer; engine i serves its /metrics on the metrics port
++ i. Known without importing torch, as the supervisor decides before any engine starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from semserve.config import ServerConfig
+from semserve.process.devices import gpu_count
+
+
+def device_list(device_spec: str) -> list[str]:
+    """The devices a spec names: an explicit list as written; ``auto`` and ``cuda`` as every GPU
+    the driver shows (none: the CPU)."""
+    spec = (device_spec or "auto").strip().lower()
+    if spec in ("auto", "cuda"):
+        return [f"cuda:{i}" for i in range(gpu_count(spec))] or ["cpu"]
+    return [part.strip() for part in spec.split(",") if part.strip()]
+
+
+def engine_configs(config: ServerConfig) -> list[ServerConfig]:
+    """One configuration per engine process, the first holding the collections."""
+    devices = device_list(config.device)
+    if config.engines != "per-device" or len(devices) < 2:
+        return [config]
+    search = config.search
+    if search.devices == "auto":  # the collections' shards stay on every device, held by engine 0
+        search = dataclasses.replace(search, devices=",".join(devices))
+    return [
+        dataclasses.replace(
+            config, device=device, holds_collections=index == 0,
+            metrics_port=config.metrics_port + index if config.metrics_port else 0,
+            search=search if index == 0 else config.search,
+        )
+        for index, device in enumerate(devices)
+    ]
