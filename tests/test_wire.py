@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import zmq
 
 from semserve.core.types import EncodeResult, Hit, ScoreResult, SearchHits, Timing, TokenBatch, Upserted
 from semserve.ipc.wire import CALL, pack, unpack
@@ -36,7 +35,7 @@ def messages(large: bool = True) -> list:
 
 
 def round_trip(message):
-    return unpack([zmq.Frame(f) for f in pack(message)])
+    return unpack([memoryview(bytearray(f)) for f in pack(message)])
 
 
 def test_messages_round_trip_with_their_arrays():
@@ -70,10 +69,9 @@ def test_unpacking_a_message_fires_no_audit_event_once_its_codes_are_known():
     """In a process of its own: an audit hook cannot be removed once added."""
     script = """
 import sys
-import zmq
 from test_wire import messages
 from semserve.ipc.wire import pack, unpack
-frames = [[zmq.Frame(f) for f in pack(m)] for m in messages(large=False)]
+frames = [[memoryview(bytearray(f)) for f in pack(m)] for m in messages(large=False)]
 for message in frames:
     unpack(message)  # the first sight of each code resolves it once
 events = []
@@ -87,3 +85,74 @@ print(events)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
                          env={**os.environ, "PYTHONPATH": path}, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_a_channel_carries_messages_whole_across_reads_and_reports_a_closed_peer(tmp_path):
+    """Over a real Unix socket: many messages in one turn arrive as one, a message of megabytes
+    arrives whole however the kernel splits it, arrays come back writable, replies find their
+    peer, and each side hears when the other closes."""
+    import asyncio
+
+    from semserve.ipc.wire import MessageChannel
+
+    async def scenario():
+        address = f"ipc://{tmp_path}/engine"
+        got_server, got_client, lost = [], [], []
+        arrived = asyncio.Event()
+
+        def on_server(peer, messages):
+            got_server.append((peer, messages))
+            for message in messages:
+                server.send(("echo", message), peer)
+
+        def on_client(peer, messages):
+            got_client.extend(messages)
+            if len(got_client) == 3:
+                arrived.set()
+
+        server = await MessageChannel.listen(address, on_server, lost.append)
+        client = await MessageChannel.connect(address, on_client, lost.append)
+        big = np.arange(3_000_000, dtype=np.float32)  # 12 MB: many reads on the other side
+        client.send(("small", 1))
+        client.send(("small", 2))  # the same turn: one message of two
+        await asyncio.sleep(0.05)
+        client.send(("big", big))
+        await asyncio.wait_for(arrived.wait(), 10)
+        assert [len(m) for _, m in got_server] == [2, 1]
+        peer = got_server[0][0]
+        assert peer is not None and got_server[1][0] == peer
+        assert got_client[:2] == [("echo", ("small", 1)), ("echo", ("small", 2))]
+        echoed = got_client[2][1][1]
+        assert np.array_equal(echoed, big) and echoed.flags.writeable
+        client.close()
+        await asyncio.sleep(0.1)
+        assert lost == [peer]  # the server heard that its peer went
+        server.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_front_end_fails_its_calls_at_once_when_the_engine_goes(tmp_path):
+    import asyncio
+
+    from semserve.core.errors import Unavailable
+    from semserve.ipc.client import RemoteCore
+    from semserve.ipc.wire import MessageChannel
+
+    async def scenario():
+        address = f"ipc://{tmp_path}/engine"
+        server = await MessageChannel.listen(address, lambda peer, messages: None)  # never answers
+        core = RemoteCore(address)
+        await core.start()
+        call = asyncio.ensure_future(core.info())
+        await asyncio.sleep(0.05)
+        server.close()  # the engine's end closes with the call in flight
+        try:
+            await asyncio.wait_for(call, 5)
+        except Unavailable as exc:
+            assert "engine process is gone" in str(exc)
+        else:
+            raise AssertionError("the call did not fail")
+        await core.close()
+
+    asyncio.run(scenario())

@@ -1,10 +1,11 @@
 """``RemoteCore``: the core API of an engine in another process, for front ends.
 
-One DEALER socket carries every call of this process; replies are matched to calls by id, so
-any number of calls are in flight at once, and calls made in one turn of the event loop leave
-as one message. A call whose gRPC caller goes away is cancelled in the engine too (a cancel
+One connection carries every call of this process; replies are matched to calls by id, so any
+number of calls are in flight at once, and calls made in one turn of the event loop leave as
+one message. A call whose gRPC caller goes away is cancelled in the engine too (a cancel
 record follows it), and each reply carries the engine's models epoch and its own time, from
-which the transport's share of a request's time is reported.
+which the transport's share of a request's time is reported. If the engine's end closes, the
+calls in flight fail with UNAVAILABLE at once (the supervisor then stops the server).
 """
 
 from __future__ import annotations
@@ -15,11 +16,9 @@ import logging
 import time
 from typing import Any
 
-import zmq
-
 from semserve.core.api import CORE_METHODS
 from semserve.core.errors import CoreError, Unavailable
-from semserve.ipc.wire import CALL, CANCEL, MessageSocket
+from semserve.ipc.wire import CALL, CANCEL, MessageChannel
 
 log = logging.getLogger(__name__)
 
@@ -28,25 +27,28 @@ class RemoteCore:
     def __init__(self, address: str):
         self.address = address
         self.models_epoch = -1
-        self._context = zmq.Context()
-        self._socket: MessageSocket | None = None
+        self._socket: MessageChannel | None = None
         self._ids = itertools.count(1)
         self._calls: dict[int, asyncio.Future] = {}
         self._closed = False
 
     async def start(self) -> None:
-        socket = self._context.socket(zmq.DEALER)
-        socket.connect(self.address)
-        self._socket = MessageSocket(socket, self._received)
+        self._socket = await MessageChannel.connect(self.address, self._received, self._lost)
 
     async def close(self) -> None:
+        self._fail_all("the server is shutting down")
+        if self._socket is not None:
+            self._socket.close()
+
+    def _lost(self, _peer) -> None:
+        log.error("the connection to the engine process at %s closed", self.address)
+        self._fail_all("the engine process is gone; the server is stopping")
+
+    def _fail_all(self, reason: str) -> None:
         self._closed = True
         for future in self._calls.values():
             if not future.done():
-                future.set_exception(Unavailable("the server is shutting down"))
-        if self._socket is not None:
-            self._socket.close()
-        self._context.term()
+                future.set_exception(Unavailable(reason))
 
     async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         if self._closed or self._socket is None:

@@ -1,4 +1,4 @@
-"""The engine process's side of the IPC: a ROUTER socket whose calls run on the engine's loop.
+"""The engine process's side of the IPC: a listening socket whose calls run on the engine's loop.
 
 Each call becomes a task, so slow calls (a large search, a model load) never hold up others;
 a cancel record from the front end cancels the task, and a cancelled inference is dropped from
@@ -12,11 +12,9 @@ import asyncio
 import logging
 import time
 
-import zmq
-
 from semserve.core.api import CORE_METHODS, Core
 from semserve.core.errors import CoreError
-from semserve.ipc.wire import CANCEL, MessageSocket
+from semserve.ipc.wire import CANCEL, MessageChannel
 
 log = logging.getLogger(__name__)
 
@@ -25,23 +23,25 @@ class EngineEndpoint:
     def __init__(self, core: Core, address: str):
         self._core = core
         self._address = address
-        self._context = zmq.Context()
-        self._socket: MessageSocket | None = None
-        self._tasks: dict[tuple[bytes, int], asyncio.Task] = {}
+        self._socket: MessageChannel | None = None
+        self._tasks: dict[tuple[int, int], asyncio.Task] = {}
 
     async def start(self) -> None:
-        socket = self._context.socket(zmq.ROUTER)
-        socket.bind(self._address)
-        self._socket = MessageSocket(socket, self._received)
+        self._socket = await MessageChannel.listen(self._address, self._received, self._lost)
 
     async def stop(self) -> None:
         for task in list(self._tasks.values()):
             task.cancel()
         if self._socket is not None:
             self._socket.close()
-        self._context.term()
 
-    def _received(self, peer: bytes | None, messages: list) -> None:
+    def _lost(self, peer: int | None) -> None:
+        """A front end's connection closed (it died or stopped): its calls have nobody to answer."""
+        for key, task in list(self._tasks.items()):
+            if key[0] == peer:
+                task.cancel()
+
+    def _received(self, peer: int | None, messages: list) -> None:
         loop = asyncio.get_running_loop()
         for kind, call_id, method, args, kwargs in messages:
             key = (peer, call_id)
@@ -59,7 +59,7 @@ class EngineEndpoint:
             self._tasks[key] = task
             task.add_done_callback(lambda _, key=key: self._tasks.pop(key, None))
 
-    async def _serve(self, peer: bytes, call_id: int, method: str, args: tuple, kwargs: dict) -> None:
+    async def _serve(self, peer: int | None, call_id: int, method: str, args: tuple, kwargs: dict) -> None:
         started = time.monotonic()
         try:
             value = await getattr(self._core, method)(*args, **kwargs)

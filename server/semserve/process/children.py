@@ -37,7 +37,7 @@ def child_arguments(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", required=True, help="pickled ServerConfig written by the supervisor")
     parser.add_argument("--address", required=True,
-                        help="the engine's ZeroMQ address (a front end of a per-device server: every engine's, comma-separated)")
+                        help="the engine's socket address, ipc://PATH (a front end of a per-device server: every engine's, comma-separated)")
     parser.add_argument("--ready-fd", type=int, required=True, help="pipe to write the ready line to")
     return parser
 
