@@ -199,18 +199,23 @@ def test_a_killed_front_end_is_replaced_and_calls_go_on(tiny_folder):
         server.stop()
 
 
+def assert_killing_ends_the_server(server: ProcessServer, pid: int, role: str) -> None:
+    """SIGKILL one engine process: the server exits non-zero within 10 s and says which died."""
+    killed = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+    status = server.proc.wait(10)
+    assert time.monotonic() - killed < 10
+    assert status != 0
+    time.sleep(0.5)
+    assert any(f"{role} process was killed by signal SIGKILL" in line for line in server.lines)
+
+
 def test_a_killed_engine_ends_the_server_with_a_non_zero_status_within_10_s(tiny_folder):
     server = ProcessServer(tiny_config(tiny_folder), frontends=2)
     try:
         engine = [pid for pid, cmd in children(server.proc.pid).items() if "engine_main" in cmd]
         assert len(engine) == 1
-        killed = time.monotonic()
-        os.kill(engine[0], signal.SIGKILL)
-        status = server.proc.wait(10)
-        assert time.monotonic() - killed < 10
-        assert status != 0
-        time.sleep(0.5)
-        assert any("engine process was killed by signal SIGKILL" in line for line in server.lines)
+        assert_killing_ends_the_server(server, engine[0], "engine")
     finally:
         server.stop()
 
