@@ -164,3 +164,15 @@ def test_sigterm_drains_the_front_ends_then_stops_every_engine(tiny_folder):
         assert any(line.rstrip().endswith("stopped") for line in server.lines)
     finally:
         server.stop()
+
+
+def test_an_engine_per_device_without_front_ends_is_refused_with_a_message():
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "semserve", "serve", "--device", "cpu,cpu", "--engines", "per-device",
+         "--frontends", "0", "--port", "0"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode == 2 and "--engines per-device needs front-end processes" in out.stderr
