@@ -132,9 +132,12 @@ class Engine:
             except Exception:  # keep maintaining; the next round retries
                 log.exception("search maintenance failed")
 
+    def models_summary(self) -> str:
+        return "models: " + ", ".join(
+            f"{m.name} ({m.kind}, dim {m.dimension}, max_tokens {m.max_tokens})" for m in self.registry)
+
     def summary(self) -> str:
-        models = ", ".join(f"{m.name} ({m.kind}, dim {m.dimension}, max_tokens {m.max_tokens})" for m in self.registry)
-        return f"models: {models}; devices: {', '.join(self.devices)}"
+        return f"{self.models_summary()}; devices: {', '.join(self.devices)}"
 
     async def _blocking(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)

@@ -45,7 +45,7 @@ async def run(config, address: str, ready_fd: int) -> int:
         return 2
     endpoint = EngineEndpoint(engine, address)
     await endpoint.start()
-    report(ready_fd, "ready " + json.dumps({"summary": engine.summary(), "devices": engine.devices}))
+    report(ready_fd, "ready " + json.dumps({"models": engine.models_summary(), "devices": engine.devices}))
     await stop_requested()
     log.info("engine stopping: closing the store and the batchers")
     await endpoint.stop()

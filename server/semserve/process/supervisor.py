@@ -195,16 +195,16 @@ class Supervisor:
         await asyncio.gather(*(self._start_frontend(i, arguments) for i in range(count)))
         engines = f"{len(self._engines)} engine processes (one per device), " if len(self._engines) > 1 else ""
         log.info(
-            "semserve listening on %s:%d; %s; %s%d front-end processes%s", cfg.host, self.port, started["summary"],
+            "semserve listening on %s:%d; %s; %s%d front-end processes%s", cfg.host, self.port, started,
             engines, count, metrics_description(cfg),
         )
         status = await self._supervise(stop, arguments)
         reserved.close()
         return status
 
-    async def _start_engines(self) -> dict:
+    async def _start_engines(self) -> str:
         """Start every engine at once (each loads the models on its devices) and wait for all;
-        returns what the first reported, with every engine's devices in its summary."""
+        returns the models (every engine holds the same) and every engine's devices, in words."""
         for index, engine_config in enumerate(self._engine_configs):
             config_file = self._runtime / f"engine-{index}.pickle"
             write_config(engine_config, config_file)
@@ -213,11 +213,8 @@ class Supervisor:
                 role, "semserve.process.engine_main",
                 ["--config", str(config_file), "--address", self._addresses[index]]))
         reports = [json.loads(line) for line in await asyncio.gather(*(e.ready() for e in self._engines))]
-        first = reports[0]
-        if len(reports) > 1:
-            devices = [d for r in reports for d in r["devices"]]
-            first["summary"] = first["summary"].rsplit("; devices: ", 1)[0] + "; devices: " + ", ".join(devices)
-        return first
+        devices = [d for r in reports for d in r["devices"]]
+        return f"{reports[0]['models']}; devices: {', '.join(devices)}"
 
     def _forward_reload(self) -> None:
         """SIGHUP: each front end re-reads its API keys and TLS certificate."""
