@@ -44,9 +44,9 @@ MAX_FUSED_K = 128
 RESCORE_BYTES = 1 << 28
 # Scores per block in the two-level selection of ``chunk_topk``.
 BLOCK = 64
-# A GPU shard's candidates are put best first on the device from this many (queries x k) on:
-# sorting and gathering 64 x 1000 of them on the host took 3 ms (docs/benchmarks.md); a few
-# are sorted faster on the host than a launch costs.
+# A lone GPU shard's candidates are put best first on the device from this many (queries x k) on:
+# sorting and gathering 64 x 1000 of them on the host took about 3 ms a call on an H100 host
+# (docs/benchmarks.md, run F); a few are sorted faster on the host than a launch costs.
 SORT_ON_DEVICE = 4096
 
 
@@ -303,6 +303,9 @@ def ranked_topk(
     launched: list[tuple[int, _Pending]] = []
     # A lone GPU shard stays on the current stream: a side stream would only add a hand-off.
     side_streams = sum(1 for matrix, used, _ in shards if used and matrix.device.type == "cuda") > 1
+    # Several shards' candidates are merged (and so sorted) on the host: only a lone shard's are
+    # worth putting in order on its device.
+    lone = sum(1 for _, used, _ in shards if used) == 1
     for index, (matrix, used_rows, mask) in enumerate(shards):
         if used_rows == 0:
             continue
@@ -316,7 +319,7 @@ def ranked_topk(
             stream = side
         with torch.cuda.stream(stream):
             hits = _search_shard(matrix, used_rows, queries, k, step, mask)
-            ordered = hits.scores.numel() >= SORT_ON_DEVICE
+            ordered = lone and hits.scores.numel() >= SORT_ON_DEVICE
             if ordered:
                 hits.scores, order = torch.sort(hits.scores, dim=1, descending=True)
                 hits.rows = torch.gather(hits.rows, 1, order)
