@@ -93,6 +93,18 @@ def test_one_configuration_per_device_the_first_holding_the_collections():
     assert device_list("cpu,cpu") == ["cpu", "cpu"] and device_list("cuda:0, cuda:1") == ["cuda:0", "cuda:1"]
 
 
+def test_the_default_layout_is_an_engine_per_gpu_where_two_or_more_gpus_are_named():
+    assert ServerConfig().engines == "auto"
+    assert len(engine_configs(ServerConfig(device="cuda:0,cuda:1"))) == 2
+    assert len(engine_configs(ServerConfig(device="cuda:0,cuda:1,cuda:2"))) == 3
+    # One GPU named twice is replicas on one GPU, and the CPU has no GPU to give a process.
+    for device in ("cuda:0", "cuda:0,cuda:0", "cpu", "cpu,cpu"):
+        assert engine_configs(ServerConfig(device=device)) == [ServerConfig(device=device)], device
+    # Asked for by name, the layout is what was asked for.
+    assert len(engine_configs(ServerConfig(device="cuda:0,cuda:0", engines="per-device"))) == 2
+    assert len(engine_configs(ServerConfig(device="cuda:0,cuda:1", engines="one"))) == 1
+
+
 def test_model_calls_are_spread_over_both_engines_and_agree(two_engines):
     before = [batches(port, "tiny") for port in two_engines.metrics_ports]
     texts = [f"spread {i % 4}" for i in range(48)]

@@ -55,10 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gRPC front-end processes feeding one engine process (SO_REUSEPORT on one port): a number, "
                    "0 for a single process, or auto (GPU hosts: cores - 2, at most 8 per GPU; CPU-only hosts: 0) (SEMSERVE_FRONTENDS)")
     s.add_argument("--device", default=_env("device", "auto"), help="auto, cpu, cuda, or cuda:0,cuda:1 (SEMSERVE_DEVICE)")
-    s.add_argument("--engines", choices=("one", "per-device"), default=_env("engines", "one"),
+    s.add_argument("--engines", choices=("auto", "one", "per-device"), default=_env("engines", "auto"),
                    help="one: one engine process drives every device; per-device: an engine process per device, "
                    "the front ends spreading model calls over them, collections in the first (needs front-end "
-                   "processes; engine i serves its /metrics on --metrics-port + i) (SEMSERVE_ENGINES)")
+                   "processes; engine i serves its /metrics on --metrics-port + i); auto: per-device where two "
+                   "or more GPUs are named and front ends run, else one (SEMSERVE_ENGINES)")
     s.add_argument("--dtype", default=_env("dtype", "auto"), help="auto, float32, float16, bfloat16 (SEMSERVE_DTYPE)")
     s.add_argument("--batch-policy", choices=("measured", "fixed"), default=_env("batch_policy", b.policy),
                    help="measured: time each model on its devices at load and choose the batch budget and size "

@@ -184,7 +184,7 @@ class SecurityConfig:
             raise ConfigError(f"--model-root {self.model_root}: no such folder")
 
 
-ENGINE_LAYOUTS = ("one", "per-device")
+ENGINE_LAYOUTS = ("auto", "one", "per-device")
 
 
 @dataclass(frozen=True)
@@ -196,8 +196,9 @@ class ServerConfig:
     # "auto" (every GPU if any, else CPU), "cpu", "cuda", or a list such as "cuda:0,cuda:1".
     device: str = "auto"
     # "one": one engine process drives every device (a worker per device); "per-device": an engine
-    # process per device named, front ends spreading calls over them (process/engines.py).
-    engines: str = "one"
+    # process per device named, front ends spreading calls over them; "auto": per-device where
+    # two or more distinct GPUs are named, else one (process/engines.py).
+    engines: str = "auto"
     # Whether this engine process holds the collection store: every engine but the first of a
     # per-device server leaves it to that one, the store's only writer.
     holds_collections: bool = True

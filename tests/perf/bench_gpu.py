@@ -240,7 +240,8 @@ def model_tokens(address: str, name: str) -> tuple[int, int]:
 class UsageMeter(threading.Thread):
     """CPU cores used by each kind of process (clients, front ends, engine, ...) and the GPU's
     utilisation, sampled from /proc and NVML over the measured part of a load: where the
-    machine's cores go tells whether the server or the load generator is the limit."""
+    machine's cores go tells whether the server or the load generator is the limit; each GPU's
+    utilisation tells whether the devices were kept busy alike."""
 
     KINDS = (("engine_main", "engine"), ("frontend_main", "frontends"), ("semserve serve", "server"),
              ("multiprocessing", "clients"), ("py-spy", "profiler"))
@@ -280,7 +281,7 @@ class UsageMeter(threading.Thread):
                 self.first[pid] = (self.kind(pid), used)
             self.last[pid] = used
         try:
-            self.gpu.append(float(torch.cuda.utilization()))
+            self.gpu.append([float(torch.cuda.utilization(i)) for i in range(torch.cuda.device_count())])
         except Exception:
             pass
 
@@ -304,7 +305,8 @@ class UsageMeter(threading.Thread):
         busy = 1 - (idle1 - idle0) / max(1, total1 - total0)
         return {"cores": {k: round(v, 2) for k, v in sorted(cores.items())},
                 "machine_busy_cores": round(busy * (os.cpu_count() or 1), 2),
-                "gpu_util_percent": round(sum(self.gpu) / len(self.gpu), 1) if self.gpu else None}
+                "gpu_util_percent": round(sum(map(sum, self.gpu)) / sum(map(len, self.gpu)), 1) if self.gpu else None,
+                "gpu_util_percent_by_device": [round(sum(col) / len(col), 1) for col in zip(*self.gpu)]}
 
 
 def load(address: str, args, profile_as: str = "", server_pid: int = 0, **kw) -> dict:
@@ -382,32 +384,33 @@ def serve_section(args, frontends: str, bert: Path, ce: Path, texts: list[str], 
     return ours
 
 
-def scaling_bench(args: argparse.Namespace, minilm: Path, bert: Path, ce: Path) -> dict:
+# Targets for every GPU against one, per model (docs/benchmarks.md, "Several GPUs").
+SCALING_TARGETS = {"minilm": 1.7, "bert-base": 1.8}
+
+
+def scaling_bench(args: argparse.Namespace, minilm: Path, bert: Path, ce: Path, save) -> dict:
     """The same loads on one GPU and on every GPU, the latter both ways (``--engines one``: a
     worker per GPU in one engine process; ``--engines per-device``: an engine process per GPU),
-    and the searcher over one shard against one shard per GPU."""
-    from semserve.search.topk import exact_topk
+    and the searcher over one shard against one shard per GPU.
+
+    One GPU is served twice: with ``--frontends auto`` (8 front ends a GPU) and with as many
+    front ends as the spread layouts get, so a ratio cannot come from front-end cores alone.
+    ``save(out)`` is called after every figure, so a run cut short keeps what it measured.
+    With ``--profile-dir``, the engine-per-device layout's loads of the models with a target
+    are run again under py-spy (every process of the server), so a miss has its profile from
+    the same run."""
     from semserve.config import SearchConfig
+    from semserve.process.supervisor import default_frontends
+    from semserve.search.topk import exact_topk
 
     # --scaling-devices cuda:0,cuda:0 rehearses the run on one GPU (two replicas, two shards).
     spread = args.scaling_devices or ",".join(f"cuda:{i}" for i in range(torch.cuda.device_count()))
     shard_devices = spread.split(",")
     gpus = len(shard_devices)
-    out: dict = {"gpus": gpus, "devices": spread, "frontends": "auto"}
-    for devices, engines in (("cuda:0", "one"), (spread, "one"), (spread, "per-device")):
-        proc, address = start_server(args, {"minilm": minilm, "bert-base": bert}, ce, device=devices,
-                                     frontends="auto", engines=engines)
-        try:
-            # The offered load grows with the devices, so each one's batches are as full as the
-            # single GPU's (128 requests shared by two GPUs halved them: docs/benchmarks.md).
-            in_flight = 128 * len(devices.split(","))
-            for model, mode in (("minilm", "embed"), ("bert-base", "embed"), ("ce", "rerank")):
-                log(f"scaling: {model} on {devices} (--engines {engines}), {in_flight} requests in flight")
-                key = f"{model}@{devices}" + ("" if engines == "one" else f"/{engines}")
-                out[key] = load(address, args, mode=mode, model=model, concurrency=in_flight, request_size=32)
-        finally:
-            proc.terminate()
-            proc.wait(60)
+    spread_frontends = default_frontends(spread)
+    out: dict = {"gpus": gpus, "devices": spread, "frontends": {"cuda:0": default_frontends("cuda:0"),
+                                                                 spread: spread_frontends}}
+
     layout, rows, dim, k = SearchConfig(), args.search_rows, 768, 10
     whole = torch.randn(rows, dim, device="cuda:0", dtype=torch.float16)
     halves = [torch.randn(rows // gpus, dim, device=device, dtype=torch.float16) for device in shard_devices]
@@ -417,10 +420,40 @@ def scaling_bench(args: argparse.Namespace, minilm: Path, bert: Path, ce: Path) 
         many = lambda: exact_topk([(h, h.shape[0], None) for h in halves], q, k, layout.chunk_rows,  # noqa: E731
                                   layout.max_score_elements)
         one(), many()
-        out[f"search_{n}_one_gpu_s"] = timed(one, 5)
-        out[f"search_{n}_all_gpus_s"] = timed(many, 5)
-        log(f"scaling: search {n} queries: one GPU {out[f'search_{n}_one_gpu_s']:.4f}s, "
-            f"{gpus} GPUs {out[f'search_{n}_all_gpus_s']:.4f}s")
+        # Alternated, so a clock or neighbour drifting during the run moves both sides alike.
+        out[f"search_{n}_one_gpu_s"] = min(timed(one, 10), timed(one, 10))
+        out[f"search_{n}_all_gpus_s"] = min(timed(many, 10), timed(many, 10))
+        log(f"scaling: search {n} queries: one GPU {out[f'search_{n}_one_gpu_s']:.5f}s, "
+            f"{gpus} GPUs {out[f'search_{n}_all_gpus_s']:.5f}s")
+        save(out)
+    del whole, halves
+    gc.collect()
+    torch.cuda.empty_cache()
+
+    layouts = [(spread, "per-device", "auto"), ("cuda:0", "one", "auto"), (spread, "one", "auto")]
+    if spread_frontends != out["frontends"]["cuda:0"]:
+        layouts.insert(2, ("cuda:0", "one", str(spread_frontends)))
+    for devices, engines, frontends in layouts:
+        proc, address = start_server(args, {"minilm": minilm, "bert-base": bert}, ce, device=devices,
+                                     frontends=frontends, engines=engines)
+        try:
+            # The offered load grows with the devices, so each one's batches are as full as the
+            # single GPU's (128 requests shared by two GPUs halved them: docs/benchmarks.md).
+            in_flight = 128 * len(devices.split(","))
+            for model, mode in (("minilm", "embed"), ("bert-base", "embed"), ("ce", "rerank")):
+                log(f"scaling: {model} on {devices} (--engines {engines}, --frontends {frontends}), "
+                    f"{in_flight} requests in flight")
+                key = (f"{model}@{devices}" + ("" if engines == "one" else f"/{engines}")
+                       + ("" if frontends == "auto" else f"/f{frontends}"))
+                out[key] = load(address, args, mode=mode, model=model, concurrency=in_flight, request_size=32)
+                save(out)
+                if engines == "per-device" and args.profile_dir and model in SCALING_TARGETS:
+                    out[key + "/profiled"] = load(address, args, f"scaling-{model}-per-device", proc.pid,
+                                                  mode=mode, model=model, concurrency=in_flight, request_size=32)
+                    save(out)
+        finally:
+            proc.terminate()
+            proc.wait(60)
     return out
 
 
@@ -477,9 +510,13 @@ def main() -> None:
                        .named_parameters() if "embeddings" not in n and "pooler" not in n)
 
     if args.scaling:
-        results["scaling"] = scaling_bench(args, args.minilm, bert, ce)
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2))
+
+        def save(scaling: dict) -> None:
+            args.out.write_text(json.dumps({**results, "scaling": scaling}, indent=2))
+
+        results["scaling"] = scaling_bench(args, args.minilm, bert, ce, save)
+        save(results["scaling"])
         log("wrote", args.out)
         return
     peers: dict = {}

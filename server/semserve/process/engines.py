@@ -3,7 +3,9 @@
 "one": a single engine drives every device named, with a worker per device. "per-device": an
 engine process per device, so each device's batcher, batch preparation and replies have a
 process and a GIL of their own; the front ends spread model calls over them
-(ipc/group.py). The first engine holds the collection store, whose shards may still sit on
+(ipc/group.py). "auto", the default: an engine per device where two or more distinct GPUs
+are named, else one. On two H200s an engine per GPU served 1.26x (BERT-base) to 1.67x
+(cross-encoder) what one engine driving both did (docs/benchmarks.md, "Several GPUs"). The first engine holds the collection store, whose shards may still sit on
 every device, and is the store's only writer; engine i serves its /metrics on the metrics port
 + i. Known without importing torch, as the supervisor decides before any engine starts.
 """
@@ -25,10 +27,20 @@ def device_list(device_spec: str) -> list[str]:
     return [part.strip() for part in spec.split(",") if part.strip()]
 
 
+def engine_per_device(config: ServerConfig) -> bool:
+    """Whether the server runs an engine process per device: asked for, or ``auto`` with two or
+    more distinct GPUs (the same GPU named twice is one GPU's replicas, kept in one engine)."""
+    devices = device_list(config.device)
+    if config.engines == "per-device":
+        return len(devices) > 1
+    gpus = {d for d in devices if d.startswith("cuda")}
+    return config.engines == "auto" and len(gpus) > 1
+
+
 def engine_configs(config: ServerConfig) -> list[ServerConfig]:
     """One configuration per engine process, the first holding the collections."""
     devices = device_list(config.device)
-    if config.engines != "per-device" or len(devices) < 2:
+    if not engine_per_device(config):
         return [config]
     search = config.search
     if search.devices == "auto":  # the collections' shards stay on every device, held by engine 0

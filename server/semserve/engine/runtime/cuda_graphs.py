@@ -14,10 +14,12 @@ spikes. All graphs share one memory pool (replays never overlap: one compute thr
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from typing import Callable, Iterator, TypeVar
 
 import torch
 
@@ -56,6 +58,32 @@ def bucket_for(rows: int, width: int, max_width: int,
     if batch is None or width > max_width:
         return None
     return batch, min(length, max(max_width, width))
+
+
+# torch allows one capture at a time in a process; replicas of one engine capture from threads
+# of their own, so they take turns.
+_CAPTURE_TURN = threading.Lock()
+
+
+@contextlib.contextmanager
+def capturing(graph: torch.cuda.CUDAGraph, device: torch.device, pool) -> Iterator[None]:
+    """Capture into ``graph`` on a stream of ``device``, one capture at a time in the process.
+
+    ``torch.cuda.graph`` left to itself captures on one stream per process, made on whichever
+    device was current when the first capture began, and the threads here never change the
+    current device. A replica on any other GPU then captured onto a stream of the wrong device,
+    every capture failed, and it served eagerly (on two H200s: docs/benchmarks.md, "Several
+    GPUs"). The capture also must not fail because another replica's thread, serving on its
+    own device meanwhile, makes a call that a capture forbids: the error mode is the capturing
+    thread's own.
+    """
+    device = torch.device(device)
+    with _CAPTURE_TURN, torch.cuda.device(device):
+        stream = torch.cuda.Stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.graph(graph, pool=pool, stream=stream, capture_error_mode="thread_local"):
+            yield
+        torch.cuda.current_stream(device).wait_stream(stream)
 
 
 def capture_or_none(capture: Callable[[K], T], key: K, device: torch.device) -> T | None:
@@ -137,7 +165,7 @@ class GraphedForward:
                 self.model(ids, mask, types)
         torch.cuda.current_stream(self.device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
+        with capturing(graph, self.device, self._pool):
             out = self.model(ids, mask, types)
         entry = _Graph(graph, ids, mask, types, out)
         self._graphs[key] = entry

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from semserve.engine.batching.requests import BatchPart
-from semserve.engine.runtime.cuda_graphs import capture_or_none
+from semserve.engine.runtime.cuda_graphs import capture_or_none, capturing
 from semserve.engine.runtime.runners import ModelRunner, collect_outputs, queue_outputs
 from semserve.models.packed import PackedInputs
 
@@ -262,7 +262,7 @@ class PackedRunner:
                 self.model.forward_packed(unpack(layout, staged))
         torch.cuda.current_stream(self._device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
+        with capturing(graph, self._device, self._pool):
             out = self.model.forward_packed(unpack(layout, staged))
         entry = (graph, staged, out)
         self._graphs[layout] = entry
