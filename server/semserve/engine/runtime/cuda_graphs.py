@@ -88,7 +88,8 @@ def capturing(graph: torch.cuda.CUDAGraph, device: torch.device, pool) -> Iterat
 
 def capture_or_none(capture: Callable[[K], T], key: K, device: torch.device) -> T | None:
     """``capture(key)``, or None (logged) when the model's forward cannot be captured; the caller
-    then turns its graphs off and serves eagerly."""
+    then turns its graphs off and serves eagerly. (A capture voided by another thread's work on
+    the same GPU is not tried again: torch leaves the memory pool marked as being recorded to.)"""
     try:
         return capture(key)
     except Exception:
