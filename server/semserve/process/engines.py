@@ -5,9 +5,10 @@ engine process per device, so each device's batcher, batch preparation and repli
 process and a GIL of their own; the front ends spread model calls over them
 (ipc/group.py). "auto", the default: an engine per device where two or more distinct GPUs
 are named, else one. On two H200s an engine per GPU served 3% (BERT-base) to 48%
-(cross-encoder) more than one engine driving both did (docs/benchmarks.md, "Several GPUs"). The first engine holds the collection store, whose shards may still sit on
-every device, and is the store's only writer; engine i serves its /metrics on the metrics port
-+ i. Known without importing torch, as the supervisor decides before any engine starts.
+(cross-encoder) more than one engine driving both did (docs/benchmarks.md, "Several GPUs").
+The first engine holds the collection store, whose shards may still sit on every device, and
+is the store's only writer; engine i serves its /metrics on the metrics port + i. Known
+without importing torch, as the supervisor decides before any engine starts.
 """
 
 from __future__ import annotations

@@ -73,9 +73,9 @@ def capturing(graph: torch.cuda.CUDAGraph, device: torch.device, pool) -> Iterat
     device was current when the first capture began, and the threads here never change the
     current device. A replica on any other GPU then captured onto a stream of the wrong device,
     every capture failed, and it served eagerly (on two H200s: docs/benchmarks.md, "Several
-    GPUs"). The capture also must not fail because another replica's thread, serving on its
-    own device meanwhile, makes a call that a capture forbids: the error mode is the capturing
-    thread's own.
+    GPUs"). The error mode is the capturing thread's own: under the process-wide mode, the
+    forward passes of another replica's thread, serving meanwhile, failed while the capture was
+    under way (tests/test_cuda_graph_devices.py).
     """
     device = torch.device(device)
     with _CAPTURE_TURN, torch.cuda.device(device):
