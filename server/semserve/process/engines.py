@@ -31,11 +31,9 @@ def device_list(device_spec: str) -> list[str]:
 def engine_per_device(config: ServerConfig) -> bool:
     """Whether the server runs an engine process per device: asked for, or ``auto`` with two or
     more distinct GPUs (the same GPU named twice is one GPU's replicas, kept in one engine)."""
-    devices = device_list(config.device)
     if config.engines == "per-device":
-        return len(devices) > 1
-    gpus = {d for d in devices if d.startswith("cuda")}
-    return config.engines == "auto" and len(gpus) > 1
+        return len(device_list(config.device)) > 1
+    return config.engines == "auto" and gpu_count(config.device) > 1
 
 
 def engine_configs(config: ServerConfig) -> list[ServerConfig]:
