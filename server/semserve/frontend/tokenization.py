@@ -5,11 +5,11 @@ spreads a request's texts over threads. The front end gets the tokenizer as JSON
 engine (no model folder, no torch). Two copies are kept, one truncating at the model's limit
 and one not, so truncation is reported exactly instead of guessed.
 
-BERT's normalizer is 40% of the Rust tokenizer's time on plain English text, though on ASCII
-it only maps or drops single characters; tokenizing was 59% of the front ends' CPU when two
-H200s served MiniLM (docs/benchmarks.md, "Several GPUs"). ASCII inputs are therefore
-normalised by ``str.translate`` with a table read from the normalizer itself, and tokenized
-by copies with no normalizer; the ids are the same (tests/test_tokenization_ascii.py).
+Tokenizing was 59% of the front ends' CPU when two H200s served MiniLM, and BERT's normalizer
+is a large share of it, though on ASCII it only maps or drops single characters. ASCII inputs
+are therefore normalised by ``str.translate`` with a table read from the normalizer itself,
+and tokenized by copies with no normalizer: 32-37% less tokenizer time per input, the same ids
+(docs/benchmarks.md, "Several GPUs"; tests/test_tokenization_ascii.py).
 """
 
 from __future__ import annotations
