@@ -244,7 +244,7 @@ class UsageMeter(threading.Thread):
     utilisation tells whether the devices were kept busy alike."""
 
     KINDS = (("engine_main", "engine"), ("frontend_main", "frontends"), ("semserve serve", "server"),
-             ("multiprocessing", "clients"), ("py-spy", "profiler"))
+             ("multiprocessing", "clients"), ("py-spy", "profiler"), ("h2load", "h2load"))
 
     def __init__(self, delay_s: float, duration_s: float):
         super().__init__(daemon=True)
@@ -305,8 +305,23 @@ class UsageMeter(threading.Thread):
         busy = 1 - (idle1 - idle0) / max(1, total1 - total0)
         return {"cores": {k: round(v, 2) for k, v in sorted(cores.items())},
                 "machine_busy_cores": round(busy * (os.cpu_count() or 1), 2),
-                "gpu_util_percent": round(sum(map(sum, self.gpu)) / sum(map(len, self.gpu)), 1) if self.gpu else None,
+                "gpu_util_percent": round(sum(map(sum, self.gpu)) / sum(map(len, self.gpu)), 1) if any(self.gpu) else None,
                 "gpu_util_percent_by_device": [round(sum(col) / len(col), 1) for col in zip(*self.gpu)]}
+
+
+def start_profiler(args, profile_as: str, server_pid: int, duration_s: float) -> subprocess.Popen | None:
+    """py-spy sampling the server's Python stacks (every process and thread) during the measured
+    part of a load, when ``--profile-dir`` is given."""
+    if not (args.profile_dir and profile_as):
+        return None
+    args.profile_dir.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(
+        ["sh", "-c", f"sleep {args.warmup + 1}; exec {args.py_spy} record --pid {server_pid} --duration "
+         f"{max(2, int(duration_s) - 2)} --format raw --threads --subprocesses "
+         + ("--rate 100 --native " if args.py_spy_native else "--rate 250 --nonblocking ") +
+         f"--output {args.profile_dir / (profile_as + '.txt')}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
 
 
 def load(address: str, args, profile_as: str = "", server_pid: int = 0, **kw) -> dict:
@@ -314,17 +329,7 @@ def load(address: str, args, profile_as: str = "", server_pid: int = 0, **kw) ->
     spec = LoadSpec(target=address, duration_s=kw.pop("duration", args.duration), warmup_s=args.warmup, **kw)
     if spec.concurrency < processes:
         processes = 1
-    profiler = None
-    if args.profile_dir and profile_as:
-        # Sample the server's Python stacks (all threads) during the measured part of the load.
-        args.profile_dir.mkdir(parents=True, exist_ok=True)
-        profiler = subprocess.Popen(
-            ["sh", "-c", f"sleep {args.warmup + 1}; exec {args.py_spy} record --pid {server_pid} --duration "
-             f"{max(2, int(spec.duration_s) - 2)} --format raw --threads --subprocesses "
-             + ("--rate 100 --native " if args.py_spy_native else "--rate 250 --nonblocking ") +
-             f"--output {args.profile_dir / (profile_as + '.txt')}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
+    profiler = start_profiler(args, profile_as, server_pid, spec.duration_s)
     before = model_stats(address, spec.model)
     # The clients start (spawn, imports) before their warm-up: the meter starts well after it.
     meter = UsageMeter(spec.warmup_s + 2.5, max(1.0, spec.duration_s - 3.5))
@@ -337,6 +342,42 @@ def load(address: str, args, profile_as: str = "", server_pid: int = 0, **kw) ->
         server_batches=after.batches - before.batches,
         mean_batch_items=round((after.items - before.items) / batches, 1),
         padding_overhead=round((after.padded_tokens - before.padded_tokens) / max(1, after.tokens - before.tokens), 3),
+        usage=meter.summary(),
+    )
+    if profiler is not None:
+        profiler.wait(60)
+    log("  ", json.dumps(result))
+    return result
+
+
+def h2load_load(address: str, args, mode: str, texts: list[str], profile_as: str = "", server_pid: int = 0,
+                per_call: int = 0, lone: bool = False, connections: int = 0, streams: int = 0) -> dict:
+    """A load from h2load (tests/perf/h2load_load.py): unary calls of ``per_call`` texts (one by
+    default), 256 in flight (one when ``lone``), or streams of 256 single-text messages, 64 at
+    once. With the cores each kind of process used and the server's own count of texts computed:
+    h2load does not read gRPC statuses, so the answers are checked by their count and size."""
+    from h2load_load import response_bytes, run_h2load
+
+    profiler = start_profiler(args, profile_as, server_pid, args.duration)
+    before = model_stats(address, "minilm")
+    meter = UsageMeter(args.warmup + 1.0, max(1.0, args.duration - 2.0))
+    meter.start()
+    # Many connections, as from many clients: SO_REUSEPORT spreads connections, not calls, over
+    # the front ends, and 32 connections over 14 front ends left one without any.
+    default = (1, 1) if lone else (64, 4) if mode == "unary" else (64, 1)
+    connections, streams = connections or default[0], streams or default[1]
+    per_call = per_call or (1 if mode == "unary" else 256)
+    result = run_h2load(args.h2load, address, mode, "minilm", texts, args.duration, args.warmup, connections,
+                        streams, threads=1 if lone else 4, per_call=per_call)
+    meter.join()
+    after = model_stats(address, "minilm")
+    smallest = response_bytes(384)
+    result.update(
+        engine_texts=after.items - before.items, smallest_answer_bytes=smallest,
+        # Every counted answer a whole EmbedResponse, and the engine computed at least as many texts
+        # (the warm-up's too); an error answer carries no vector.
+        answers_whole=result["bytes_per_text"] >= smallest and result["failed"] == 0 and result["errored"] == 0
+        and after.items - before.items >= result["succeeded"] * result["texts_per_call"],
         usage=meter.summary(),
     )
     if profiler is not None:
@@ -363,6 +404,16 @@ def serve_section(args, frontends: str, bert: Path, ce: Path, texts: list[str], 
                                 window=64)
         log("semserve, MiniLM, single-text unary Embed:")
         ours["unary_1"] = load(address, args, f"unary_1-f{frontends}", proc.pid, mode="embed", model="minilm", concurrency=256, request_size=1)
+        if args.h2load:
+            log("semserve, MiniLM, single-text unary Embed from h2load:")
+            ours["unary_1_h2load"] = h2load_load(address, args, "unary", texts, f"unary_1_h2load-f{frontends}", proc.pid)
+            log("semserve, MiniLM, single-text unary Embed from h2load, 1024 in flight:")
+            ours["unary_1_h2load_1024"] = h2load_load(address, args, "unary", texts, connections=256, streams=4)
+            log("semserve, MiniLM, single-text EmbedStream from h2load (256 messages a stream):")
+            ours["stream_1_h2load"] = h2load_load(address, args, "stream", texts, f"stream_1_h2load-f{frontends}",
+                                                  proc.pid)
+            log("semserve, MiniLM, lone single-text Embed from h2load:")
+            ours["lone_1_h2load"] = h2load_load(address, args, "unary", texts, lone=True)
         log("semserve, MiniLM, lone single-text Embed:")
         ours["lone_1"] = load(address, args, mode="embed", model="minilm", concurrency=1, request_size=1,
                               processes=1, duration=8)
@@ -477,6 +528,8 @@ def main() -> None:
     parser.add_argument("--peer-texts", type=int, default=20000)
     parser.add_argument("--profile-dir", type=Path, default=None, help="write py-spy profiles of the server here")
     parser.add_argument("--py-spy", default="py-spy")
+    parser.add_argument("--h2load", default="", help="h2load binary (Debian's nghttp2-client): also drive the "
+                        "single-text loads from it, a C load generator (tests/perf/h2load_load.py)")
     parser.add_argument("--py-spy-native", action="store_true",
                         help="profile native frames too (py-spy pauses the processes to sample them)")
     parser.add_argument("--search-rows", type=int, default=4_000_000)
@@ -592,8 +645,17 @@ def main() -> None:
             1024 / sr["plain_1024_s"], "torch matmul + topk", ">= 2x")
         row("search 1024 queries/call vs semantic_search", 1024 / sr["ours_1024_s"], "queries/s",
             1024 / sr["semantic_search_1024_s"], "util.semantic_search", "")
+    for key, name, target in (("stream_1_h2load", "single-text EmbedStream", ">= 30,000/s"),
+                              ("unary_1_h2load", "single-text unary", ">= 15,000/s"),
+                              ("unary_1_h2load_1024", "single-text unary, 1024 in flight", ">= 15,000/s")):
+        if key in ours:
+            row(f"encode MiniLM, {name}, from h2load (answers whole: {ours[key]['answers_whole']})",
+                ours[key]["items_per_s"], "texts/s", None, "", target)
     row("lone single-text Embed p50", ours["lone_1"]["p50_ms"], "ms", None, "", "<= 3 ms")
     row("lone single-text Embed p99", ours["lone_1"]["p99_ms"], "ms", None, "", "<= 6 ms")
+    if "lone_1_h2load" in ours:
+        for q, target in (("p50", "<= 3 ms"), ("p99", "<= 6 ms")):
+            row(f"lone single-text Embed {q}, from h2load", ours["lone_1_h2load"][f"{q}_ms"], "ms", None, "", target)
     single = served.get("0")
     if single is not None and single is not ours:
         for key, name in (("embed_32", "MiniLM 32-text"), ("stream_1", "MiniLM single-text stream"),
