@@ -47,10 +47,11 @@ def test_front_ends_by_default_scale_with_the_gpus_named(monkeypatch):
     assert supervisor.gpu_count("cuda:0,cuda:1") == 2
     assert supervisor.gpu_count("cuda:0,cuda:0") == 1  # two replicas, one GPU
     assert supervisor.gpu_count("cpu") == 0
-    assert supervisor.default_frontends("cuda:0") == 8
-    assert supervisor.default_frontends("cuda:0,cuda:1") == 16
+    assert supervisor.default_frontends("cuda:0") == 16  # at most 16 per GPU
+    assert supervisor.default_frontends("cuda:0,cuda:1") == 30  # cores - 2
     assert supervisor.default_frontends("cpu") == 0
     monkeypatch.setattr(supervisor.os, "cpu_count", lambda: 16)
-    assert supervisor.default_frontends("cuda:0,cuda:1") == 14  # cores - 2
+    assert supervisor.default_frontends("cuda:0") == 14
+    assert supervisor.default_frontends("cuda:0,cuda:1") == 14
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert supervisor.default_frontends("auto") == 0

@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--frontends", default=_env("frontends", "auto"),
                    help="gRPC front-end processes feeding one engine process (SO_REUSEPORT on one port): a number, "
-                   "0 for a single process, or auto (GPU hosts: cores - 2, at most 8 per GPU; CPU-only hosts: 0) (SEMSERVE_FRONTENDS)")
+                   "0 for a single process, or auto (GPU hosts: cores - 2, at most 16 per GPU; CPU-only hosts: 0) (SEMSERVE_FRONTENDS)")
     s.add_argument("--device", default=_env("device", "auto"), help="auto, cpu, cuda, or cuda:0,cuda:1 (SEMSERVE_DEVICE)")
     s.add_argument("--engines", choices=("auto", "one", "per-device"), default=_env("engines", "auto"),
                    help="one: one engine process drives every device; per-device: an engine process per device, "

@@ -47,14 +47,17 @@ def default_frontends(device_spec: str) -> int:
     """Front-end processes for ``--frontends auto``.
 
     GPU hosts: the engine needs a loop and its device threads, so the other cores run front
-    ends, up to 8 per GPU: one H100 serving MiniLM at 82,000 texts/s kept 12.8 cores of front
-    ends busy (docs/benchmarks.md), so a second GPU needs more of them. CPU-only hosts: 0, one
-    process. The model's forward passes need the cores there, and on a 2-core machine one
-    process served more in every workload than one or two front ends (docs/benchmarks.md).
+    ends, up to 16 per GPU. Single-text calls are bound by a front end's one core per call
+    (gRPC-Python's call handling, the tokenizer): on a 16-core H100 host, 14 front ends
+    against 8 served 31,788 against 22,868 single-text stream messages/s and 15,166 against
+    10,656 unary calls/s from a C load generator, and 32-text calls alike within the runs'
+    spread (docs/benchmarks.md, run 25). CPU-only hosts: 0, one process. The model's forward
+    passes need the cores there, and on a 2-core machine one process served more in every
+    workload than one or two front ends (docs/benchmarks.md).
     """
     gpus = gpu_count(device_spec)
     if gpus:
-        return max(1, min(8 * gpus, (os.cpu_count() or 1) - 2))
+        return max(1, min(16 * gpus, (os.cpu_count() or 1) - 2))
     return 0
 
 
