@@ -226,10 +226,14 @@ def served_rerank_parity(address: str, ce: Path, texts: list[str]) -> dict:
             "same_top1": bool(int(np.argmax(got)) == int(np.argmax(want)))}
 
 
+def model_info(address: str, name: str):
+    with SemserveClient(address) as c:
+        return next(m for m in c.info().models if m.name == name)
+
+
 def model_stats(address: str, name: str):
     """The server's own counters for a model (batches, items, tokens, padded tokens)."""
-    with SemserveClient(address) as c:
-        return next(m for m in c.info().models if m.name == name).stats
+    return model_info(address, name).stats
 
 
 def model_tokens(address: str, name: str) -> tuple[int, int]:
@@ -371,7 +375,7 @@ def h2load_load(address: str, args, mode: str, texts: list[str], profile_as: str
                         streams, threads=1 if lone else 4, per_call=per_call)
     meter.join()
     after = model_stats(address, "minilm")
-    smallest = response_bytes(384)
+    smallest = response_bytes(model_info(address, "minilm").dimension)
     result.update(
         engine_texts=after.items - before.items, smallest_answer_bytes=smallest,
         # Every counted answer a whole EmbedResponse, and the engine computed at least as many texts
