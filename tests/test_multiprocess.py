@@ -235,27 +235,3 @@ def test_sigterm_drains_every_process_and_exits_zero(tiny_folder):
     with pytest.raises(grpc.RpcError) as err:
         embed_on_fresh_channels(server.address, 1)
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
-
-
-def loop_libraries(pid: int) -> set[str]:
-    """Which event-loop implementations a process has loaded (its memory maps name the modules)."""
-    maps = Path(f"/proc/{pid}/maps").read_text()
-    return {name for name in ("uvloop",) if f"/{name}/" in maps}
-
-
-@pytest.mark.parametrize("loop, loaded", [("uvloop", {"uvloop"}), ("asyncio", set())])
-def test_front_ends_run_on_the_event_loop_asked_for(tiny_folder, loop, loaded):
-    server = ProcessServer(tiny_config(tiny_folder, frontend_event_loop=loop), frontends=1)
-    try:
-        embed_on_fresh_channels(server.address, 3)
-        (pid,) = [pid for pid, cmd in children(server.proc.pid).items() if "frontend_main" in cmd]
-        assert loop_libraries(pid) == loaded
-    finally:
-        server.stop()
-
-
-def test_an_unknown_front_end_event_loop_is_refused():
-    from semserve.config import ConfigError
-
-    with pytest.raises(ConfigError, match="frontend_event_loop must be one of uvloop, asyncio"):
-        server_config(frontend_event_loop="trio").validate()

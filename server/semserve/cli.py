@@ -13,8 +13,7 @@ from typing import Sequence
 from pathlib import Path
 
 from semserve.config import (
-    FRONTEND_EVENT_LOOPS, ROLES, BatchingConfig, ConfigError, ModelSpec, RequestLimits, SearchConfig, SecurityConfig,
-    ServerConfig,
+    ROLES, BatchingConfig, ConfigError, ModelSpec, RequestLimits, SearchConfig, SecurityConfig, ServerConfig,
 )
 
 
@@ -98,10 +97,6 @@ def build_parser() -> argparse.ArgumentParser:
                    default=_env("merge_engine_calls", "1") not in ("0", "false", "no"),
                    help="send every model call to the engine on its own, instead of merging a front end's concurrent "
                    "calls of one model, none held past --max-queue-delay-ms (SEMSERVE_MERGE_ENGINE_CALLS=0)")
-    s.add_argument("--frontend-event-loop", choices=FRONTEND_EVENT_LOOPS,
-                   default=_env("frontend_event_loop", "uvloop"),
-                   help="event loop of the front-end processes: uvloop (less CPU per call) or asyncio "
-                   "(SEMSERVE_FRONTEND_EVENT_LOOP)")
     s.add_argument("--log-level", default=_env("log_level", "INFO"))
     s.add_argument("--tracing", choices=("off", "otlp"), default=_env("tracing", "off"),
                    help="OpenTelemetry spans of each request (RPC, tokenize, engine, queue, inference) over OTLP to "
@@ -221,7 +216,6 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         metrics_host=args.metrics_host or None,
         tokenizer_threads=args.tokenizer_threads,
         merge_engine_calls=args.merge_engine_calls,
-        frontend_event_loop=args.frontend_event_loop,
         log_level=args.log_level,
         tracing=args.tracing,
         security=security_config_from_args(args),

@@ -184,7 +184,6 @@ class SecurityConfig:
             raise ConfigError(f"--model-root {self.model_root}: no such folder")
 
 
-FRONTEND_EVENT_LOOPS = ("uvloop", "asyncio")
 ENGINE_LAYOUTS = ("auto", "one", "per-device")
 
 
@@ -217,10 +216,6 @@ class ServerConfig:
     # A front end's concurrent calls of one model travel to the engine as one call, none held
     # past max_queue_delay (frontend/merging.py); off: every call on its own.
     merge_engine_calls: bool = True
-    # The event loop of each front-end process: "uvloop" (libuv, in C) or "asyncio" (the standard
-    # library's). On uvloop a front end spent 7-12% less CPU per single-text call
-    # (docs/benchmarks.md, run 27); single-text calls are bound by that CPU.
-    frontend_event_loop: str = "uvloop"
     # Concurrent RPCs gRPC accepts before answering RESOURCE_EXHAUSTED itself.
     max_concurrent_rpcs: int = 10000
     log_level: str = "INFO"
@@ -243,9 +238,6 @@ class ServerConfig:
             raise ConfigError(f"tracing must be off or otlp, got {self.tracing!r}")
         if self.engines not in ENGINE_LAYOUTS:
             raise ConfigError(f"engines must be one of {', '.join(ENGINE_LAYOUTS)}, got {self.engines!r}")
-        if self.frontend_event_loop not in FRONTEND_EVENT_LOOPS:
-            raise ConfigError(f"frontend_event_loop must be one of {', '.join(FRONTEND_EVENT_LOOPS)}, "
-                              f"got {self.frontend_event_loop!r}")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be in 0..65535, got {self.port}")
         if self.limits.max_texts_per_request > self.batching.max_queue_size:

@@ -11,7 +11,6 @@ import logging
 import os
 import signal
 import sys
-from typing import Any, Callable, Coroutine
 
 # Each front end tokenizes on its own threads (--tokenizer-threads), one request per thread.
 # The tokenizer's own thread pool (one thread per core, in every front end) would add N x cores
@@ -56,19 +55,7 @@ def main() -> int:
     config = read_config(args.config)
     setup_logging(config, f"frontend-{args.index}")
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-    return loop_runner(config.frontend_event_loop)(run(config, args.address, args.index, args.ready_fd))
-
-
-def loop_runner(name: str) -> Callable[[Coroutine[Any, Any, int]], int]:
-    """``asyncio.run`` for the event loop named by ``--frontend-event-loop``. A front end's CPU
-    per single-text call is what bounds those calls, and gRPC-Python's call handling turns the
-    loop several times per call: on uvloop's loop, written in C, a front end spent 7-12% less
-    CPU per call than on the standard library's (docs/benchmarks.md, run 27)."""
-    if name == "uvloop":
-        import uvloop
-
-        return uvloop.run
-    return asyncio.run
+    return asyncio.run(run(config, args.address, args.index, args.ready_fd))
 
 
 if __name__ == "__main__":
