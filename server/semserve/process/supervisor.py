@@ -47,11 +47,12 @@ def default_frontends(device_spec: str) -> int:
     """Front-end processes for ``--frontends auto``.
 
     GPU hosts: the engine needs a loop and its device threads, so the other cores run front
-    ends, up to 16 per GPU. Single-text calls are bound by a front end's one core per call
-    (gRPC-Python's call handling, the tokenizer): on a 16-core H100 host, 14 front ends
-    against 8 served 31,788 against 22,868 single-text stream messages/s and 15,166 against
-    10,656 unary calls/s from a C load generator, and 32-text calls alike within the runs'
-    spread (docs/benchmarks.md, run 25). CPU-only hosts: 0, one process. The model's forward
+    ends, up to 16 per GPU. Single-text calls are bound by the front ends' cores: each front
+    end's event loop spends about 0.9 ms of one per unary call on an H100 host (gRPC-Python's
+    call handling, the tokenizer). There, 14 front ends against 8 served 31,788 against 22,868
+    single-text stream messages/s and 15,166 against 10,656 unary calls/s (1024 in flight) from
+    a C load generator, and 32-text calls alike within the runs' spread (docs/benchmarks.md,
+    run 25). CPU-only hosts: 0, one process. The model's forward
     passes need the cores there, and on a 2-core machine one process served more in every
     workload than one or two front ends (docs/benchmarks.md).
     """
