@@ -2,7 +2,8 @@
 of every server thread, to tell which process limits single-text calls.
 
 One server per count in ``--counts`` (MiniLM, the bench's settings), in the order given (repeat
-a count to alternate, e.g. ``8,14,8,14``), each driven by h2load (tests/perf/h2load_load.py) with
+a count to alternate, e.g. ``8,14,8,14``; ``14+max-queue-delay-ms=0.5`` adds that flag to the
+server's command line), each driven by h2load (tests/perf/h2load_load.py) with
 every load in ``--loads``:
 
     unary          single-text Embed, 64 connections x 4 calls in flight
@@ -101,14 +102,16 @@ def main() -> int:
                                             num_labels=1)
     texts = synthetic_texts(20000, seed=1)
     results: dict = {"date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv), "loads": []}
-    for count in given.counts.split(","):
+    for server in given.counts.split(","):
+        count, *flags = server.split("+")
+        extra = tuple(part for flag in flags for part in ("--" + flag.partition("=")[0], flag.partition("=")[2]))
         proc, address = bench_gpu.start_server(args, {"minilm": given.minilm}, reranker, frontends=count,
-                                             device=given.device)
+                                             device=given.device, extra=extra)
         try:
             for load in given.loads.split(","):
                 kind, _, shape = load.partition("@")
                 connections, _, streams = shape.partition("x")
-                bench_gpu.log(f"--frontends {count}: {load}")
+                bench_gpu.log(f"--frontends {server}: {load}")
                 threads: dict = {}
                 sampler = threading.Thread(target=sample_threads,
                                            args=(proc.pid, given.warmup + 1.5, given.duration - 3, threads))
@@ -118,7 +121,7 @@ def main() -> int:
                     per_call=32 if kind == "unary32" else 0, lone=kind == "lone",
                     connections=int(connections or 0), streams=int(streams or 0))
                 sampler.join()
-                result.update(frontends=int(count), load=load, threads=threads)
+                result.update(frontends=int(count), server_flags=list(extra), load=load, threads=threads)
                 bench_gpu.log("   threads:", json.dumps(threads))
                 results["loads"].append(result)
                 given.out.write_text(json.dumps(results, indent=1))
@@ -127,7 +130,7 @@ def main() -> int:
             proc.wait(60)
     for r in results["loads"]:
         mains = [t["main_user"] + t["main_sys"] for t in r["threads"].get("frontend", [])]
-        print(f"{r['frontends']:3d} {r['load']:14s} {r['items_per_s']:9.1f} texts/s p50 {r.get('p50_ms')} "
+        print(f"{r['frontends']:3d} {' '.join(r['server_flags']):28s} {r['load']:14s} {r['items_per_s']:9.1f} texts/s p50 {r.get('p50_ms')} "
               f"p99 {r.get('p99_ms')} whole {r['answers_whole']} front-end loops {min(mains, default=0):.2f}-"
               f"{max(mains, default=0):.2f} cores")
     return 0

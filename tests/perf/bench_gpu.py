@@ -161,7 +161,8 @@ def search_bench(rows: int, dim: int, k: int) -> dict:
 
 
 def start_server(args: argparse.Namespace, models: dict[str, Path], reranker: Path,
-                 device: str = "cuda", frontends: str = "0", engines: str = "one") -> tuple[subprocess.Popen, str]:
+                 device: str = "cuda", frontends: str = "0", engines: str = "one",
+                 extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
     cmd = [sys.executable, "-m", "semserve", "serve", "--host", "127.0.0.1", "--port", "0", "--device", device,
            "--frontends", frontends, "--engines", engines,
            "--dtype", "float16", "--metrics-port", "0", "--max-batch-tokens", str(args.max_batch_tokens),
@@ -174,7 +175,7 @@ def start_server(args: argparse.Namespace, models: dict[str, Path], reranker: Pa
         cmd.append("--no-unpadded")
     for name, path in models.items():
         cmd += ["--encoder", f"{name}={path}"]
-    return launch(cmd)
+    return launch(cmd + list(extra))
 
 
 def launch(cmd: list[str]) -> tuple[subprocess.Popen, str]:
