@@ -413,7 +413,8 @@ def serve_section(args, frontends: str, bert: Path, ce: Path, texts: list[str], 
             log("semserve, MiniLM, single-text unary Embed from h2load:")
             ours["unary_1_h2load"] = h2load_load(address, args, "unary", texts, f"unary_1_h2load-f{frontends}", proc.pid)
             log("semserve, MiniLM, single-text unary Embed from h2load, 1024 in flight:")
-            ours["unary_1_h2load_1024"] = h2load_load(address, args, "unary", texts, connections=256, streams=4)
+            ours["unary_1_h2load_1024"] = h2load_load(address, args, "unary", texts, f"unary_1_h2load_1024-f{frontends}",
+                                                      proc.pid, connections=256, streams=4)
             log("semserve, MiniLM, single-text EmbedStream from h2load (256 messages a stream):")
             ours["stream_1_h2load"] = h2load_load(address, args, "stream", texts, f"stream_1_h2load-f{frontends}",
                                                   proc.pid)
