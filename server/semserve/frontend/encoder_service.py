@@ -16,6 +16,7 @@ from semserve.frontend.streaming import answer_by_id
 from semserve.frontend.timing import timing_proto
 from semserve_client.v1 import common_pb2, encoder_pb2, encoder_pb2_grpc
 
+_EMBEDDINGS_FIELD = encoder_pb2.EmbedResponse.DESCRIPTOR.fields_by_name["embeddings"].number
 _DIRECTIONS = {common_pb2.TRUNCATION_DIRECTION_UNSPECIFIED, common_pb2.TRUNCATION_DIRECTION_RIGHT,
                common_pb2.TRUNCATION_DIRECTION_LEFT}
 
@@ -53,15 +54,17 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServiceServicer):
             truncate_left=request.truncation_direction == common_pb2.TRUNCATION_DIRECTION_LEFT,
             prompt_name=optional_string(request, "prompt_name"), prompt=optional_string(request, "prompt"),
         )
-        return encoder_pb2.EmbedResponse(
+        response = encoder_pb2.EmbedResponse(
             model=out.model.name,
             dimension=out.values.shape[1],
             format=fmt,
-            embeddings=codec.to_messages(out.values, fmt, out.model.quantization),
             token_counts=out.tokenized.lengths,
             truncated_indexes=out.tokenized.truncated,
             timing=timing_proto(out.timing, time.monotonic() - started),
         )
+        response.MergeFromString(
+            codec.serialized_embeddings(out.values, fmt, _EMBEDDINGS_FIELD, out.model.quantization))
+        return response
 
     @unary_rpc
     async def Embed(self, request, context):
