@@ -2,8 +2,8 @@
 of every server thread, to tell which process limits single-text calls.
 
 One server per count in ``--counts`` (MiniLM, the bench's settings), in the order given (repeat
-a count to alternate, e.g. ``8,14,8,14``; ``14+max-queue-delay-ms=0.5`` adds that flag to the
-server's command line), each driven by h2load (tests/perf/h2load_load.py) with
+a count to alternate, e.g. ``8,14,8,14``; ``14+max-queue-delay-ms=0.5`` or ``14+no-cuda-graphs``
+adds that flag to the server's command line), each driven by h2load (tests/perf/h2load_load.py) with
 every load in ``--loads``:
 
     unary          single-text Embed, 64 connections x 4 calls in flight
@@ -104,7 +104,8 @@ def main() -> int:
     results: dict = {"date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv), "loads": []}
     for server in given.counts.split(","):
         count, *flags = server.split("+")
-        extra = tuple(part for flag in flags for part in ("--" + flag.partition("=")[0], flag.partition("=")[2]))
+        extra = tuple(part for flag in flags for part in ("--" + flag.partition("=")[0], flag.partition("=")[2])
+                      if part)  # a flag without "=value" is a switch
         proc, address = bench_gpu.start_server(args, {"minilm": given.minilm}, reranker, frontends=count,
                                              device=given.device, extra=extra)
         try:
