@@ -1,5 +1,6 @@
 """Embeddings written as wire bytes (frontend/codec.py, ``serialized_embeddings``) are the very
-bytes the messages serialise to, in every format, for any row count and dimension."""
+bytes the ``Embedding`` messages serialise to, in every format, for any row count and dimension.
+The messages are built here the plain way, one per row, as replies were built before."""
 
 from __future__ import annotations
 
@@ -9,6 +10,13 @@ import pytest
 from semserve.core.quantization import QuantizationRanges
 from semserve.frontend import codec
 from semserve_client.v1 import common_pb2, encoder_pb2
+
+def to_messages(matrix: np.ndarray, fmt: int, ranges: QuantizationRanges | None = None) -> list[common_pb2.Embedding]:
+    rows = codec.encode_rows(matrix, fmt, ranges)
+    if rows is not None:
+        return [common_pb2.Embedding(data=row.tobytes()) for row in rows]
+    return [common_pb2.Embedding(values=row) for row in matrix.tolist()]
+
 
 FIELD = encoder_pb2.EmbedResponse.DESCRIPTOR.fields_by_name["embeddings"].number
 FORMATS = [common_pb2.EMBEDDING_FORMAT_FLOAT_LIST, common_pb2.EMBEDDING_FORMAT_FLOAT32_BYTES,
@@ -26,7 +34,7 @@ def test_serialized_embeddings_are_the_messages_bytes(fmt, rows, dimension):
     matrix[-1, -1] = np.float32(1e-40)  # subnormal
     ranges = QuantizationRanges.fixed(dimension)
     want = encoder_pb2.EmbedResponse(model="m", dimension=dimension, format=fmt,
-                                     embeddings=codec.to_messages(matrix, fmt, ranges), token_counts=[7] * rows)
+                                     embeddings=to_messages(matrix, fmt, ranges), token_counts=[7] * rows)
     got = encoder_pb2.EmbedResponse(model="m", dimension=dimension, format=fmt, token_counts=[7] * rows)
     got.MergeFromString(codec.serialized_embeddings(matrix, fmt, FIELD, ranges))
     assert got.SerializeToString() == want.SerializeToString()
@@ -38,7 +46,7 @@ def test_serialized_embeddings_are_the_messages_bytes(fmt, rows, dimension):
 def test_rows_of_float64_are_rounded_as_the_message_rounds_them():
     matrix = np.random.default_rng(1).standard_normal((3, 8))
     fmt = common_pb2.EMBEDDING_FORMAT_FLOAT_LIST
-    want = encoder_pb2.EmbedResponse(embeddings=codec.to_messages(matrix, fmt))
+    want = encoder_pb2.EmbedResponse(embeddings=to_messages(matrix, fmt))
     got = encoder_pb2.EmbedResponse()
     got.MergeFromString(codec.serialized_embeddings(matrix, fmt, FIELD))
     assert got.SerializeToString() == want.SerializeToString()

@@ -52,9 +52,11 @@ def default_frontends(device_spec: str) -> int:
     call handling, the tokenizer). There, 14 front ends against 8 served 31,788 against 22,868
     single-text stream messages/s and 15,166 against 10,656 unary calls/s (1024 in flight) from
     a C load generator, and 32-text calls alike within the runs' spread (docs/benchmarks.md,
-    run 25). CPU-only hosts: 0, one process. The model's forward
-    passes need the cores there, and on a 2-core machine one process served more in every
-    workload than one or two front ends (docs/benchmarks.md).
+    run 25).
+
+    CPU-only hosts: 0, one process. The model's forward passes need the cores there, and on a
+    2-core machine one process served more in every workload than one or two front ends
+    (docs/benchmarks.md).
     """
     gpus = gpu_count(device_spec)
     if gpus:
