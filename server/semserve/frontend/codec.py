@@ -69,8 +69,8 @@ def serialized_embeddings(matrix: np.ndarray, fmt: int, field_number: int,
 
     A float list is a packed ``values`` field, which on the wire is the row's little-endian
     float32 bytes behind a tag and a length; writing those bytes directly skips a Python float
-    per element. 384-dimension rows on the CPU machine: 2.0 against 7.9 µs for one, 9.5 against
-    240 µs for 32 (docs/benchmarks.md, run 29)."""
+    per element. 384-dimension rows on the CPU machine: 2.4 against 8.4 µs for one, 10.5 against
+    257 µs for 32 (tests/perf/bench_codec.py; docs/benchmarks.md, run 29)."""
     rows = encode_rows(matrix, fmt, ranges)
     if rows is None:
         rows, inner = np.ascontiguousarray(matrix, dtype="<f4"), _tag(_VALUES)
