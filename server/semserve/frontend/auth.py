@@ -1,4 +1,4 @@
-"""API keys with roles, checked on every RPC but health by one server interceptor.
+"""API keys with roles, checked on every RPC but health, by the server's one handler (frontend/handlers.py).
 
 Keys file (``--api-keys-file``): one key per line, ``ROLE SHA256-HEX [LABEL]``, ``#`` comments.
 Only hashes are stored, so the file is no secret worth stealing; ``semserve api-key --role R``
@@ -156,7 +156,8 @@ class Decision:
 
 
 class Authorizer:
-    """Who may call what; shared by the interceptor and the services that vary their answers."""
+    """Who may call what; asked by the server's handler on every call, and by the services that vary
+    their answers."""
 
     def __init__(self, keys: ApiKeys):
         self.keys = keys
@@ -191,7 +192,7 @@ class Authorizer:
         return Decision(True)
 
 
-def _denying(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
+def denying(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
     """A handler of the same shape as ``handler`` that ends the call with ``code``."""
 
     async def deny(_request, context):
@@ -205,17 +206,3 @@ def _denying(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str
     if handler.stream_unary is not None:
         return grpc.stream_unary_rpc_method_handler(deny, **options)
     return grpc.stream_stream_rpc_method_handler(deny, **options)
-
-
-class AuthInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, authorizer: Authorizer):
-        self._authorizer = authorizer
-
-    async def intercept_service(self, continuation, handler_call_details):
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        decision = self._authorizer.decide(handler_call_details.method, handler_call_details.invocation_metadata)
-        if decision.allowed:
-            return handler
-        return _denying(handler, decision.code, decision.message)

@@ -82,7 +82,7 @@ def _code_of(context, error: BaseException | None) -> grpc.StatusCode:
     return grpc.StatusCode.UNKNOWN
 
 
-def _metered(handler: grpc.RpcMethodHandler, method: str, metrics: CallMetrics,
+def metered(handler: grpc.RpcMethodHandler, method: str, metrics: CallMetrics,
              tracing: Tracing) -> grpc.RpcMethodHandler:
     """The same handler, recording its status and latency (and its trace span) when it ends."""
     def record(context, started: float, error: BaseException | None, span) -> None:
@@ -94,7 +94,7 @@ def _metered(handler: grpc.RpcMethodHandler, method: str, metrics: CallMetrics,
         async def run(request, context):
             started, error = time.monotonic(), None
             # The current span while the handler runs, so its tokenize and engine spans nest under it.
-            with tracing.rpc(method, context.invocation_metadata()) as span:
+            with tracing.rpc(method, context) as span:
                 try:
                     return await behaviour(request, context)
                 except BaseException as exc:
@@ -110,7 +110,7 @@ def _metered(handler: grpc.RpcMethodHandler, method: str, metrics: CallMetrics,
 
         async def run(request, context):
             started, error = time.monotonic(), None
-            span = tracing.start_rpc(method, context.invocation_metadata())  # not current across yields
+            span = tracing.start_rpc(method, context)  # not current across yields
             try:
                 async for response in behaviour(request, context):
                     yield response
@@ -130,27 +130,3 @@ def _metered(handler: grpc.RpcMethodHandler, method: str, metrics: CallMetrics,
     if handler.unary_stream is not None:
         return handler._replace(unary_stream=streamed(handler.unary_stream))
     return handler._replace(stream_stream=streamed(handler.stream_stream))
-
-
-class MeteringInterceptor(grpc.aio.ServerInterceptor):
-    """Outermost interceptor: every call is counted and timed, refused ones included."""
-
-    def __init__(self, metrics: CallMetrics, tracing: Tracing | None = None) -> None:
-        self.metrics = metrics
-        self.tracing = tracing or Tracing()
-        # Per method, the last handler seen and its metered version (handlers of served calls do
-        # not change; a refused call brings a handler of its own, metered once).
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
-
-    async def intercept_service(self, continuation, handler_call_details):
-        self.metrics.calls += 1
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        method = handler_call_details.method
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = _metered(handler, method, self.metrics, self.tracing)
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped

@@ -92,9 +92,9 @@ class Inference:
                                 truncate: bool, what: str, run, truncate_left: bool = False):
         """Tokenize, then ``run(batch)`` on the engine, each in its trace span; the result's Timing
         includes the tokenization."""
-        with self._tracing.span("tokenize", **{"semserve.model": model.name, "semserve.inputs": len(inputs)}):
+        with self._tracing.span("tokenize", {"semserve.model": model.name, "semserve.inputs": len(inputs)}):
             tokenized, tokenization_s = await self.tokenize(model, tokenizer, inputs, truncate, what, truncate_left)
-        with self._tracing.span("engine", **{"semserve.model": model.name}) as span:
+        with self._tracing.span("engine", {"semserve.model": model.name}) as span:
             started = now_ns()
             result = await run(tokenized.batch)
             self._tracing.engine_phases(span, started, result.timing)

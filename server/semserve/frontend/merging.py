@@ -48,6 +48,9 @@ class _Waiting:
     deadline: float | None
     future: asyncio.Future
     since: float
+    # Once sent: the engine call, and every caller it carries.
+    call: asyncio.Task | None = None
+    group: list[_Waiting] | None = None
 
 
 @dataclass(slots=True)
@@ -123,7 +126,8 @@ class CallMerger:
         lane.run, lane.max_items, lane.max_tokens = run, max_items, max_tokens
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        lane.waiting.append(_Waiting(batch, deadline, future, time.monotonic()))
+        waiting = _Waiting(batch, deadline, future, time.monotonic())
+        lane.waiting.append(waiting)
         lane.waiting_items += len(batch)
         lane.waiting_tokens += batch.total_tokens
         if lane.waiting_items >= max_items or lane.waiting_tokens >= max_tokens:
@@ -133,9 +137,15 @@ class CallMerger:
             self._schedule(lane, loop)
         elif lane.timer is None and not lane.scheduled:
             lane.timer = loop.call_later(self.max_wait_s, self._dispatch, lane)
-        # A caller that goes away cancels its future: it is skipped, or, when every caller of
-        # a group has gone, the group's engine call is cancelled too.
-        return await future
+        try:
+            return await future
+        except asyncio.CancelledError:
+            # The caller went away: it is skipped if it has not left yet, and when every caller
+            # of a group that left has gone, the group's engine call is cancelled too.
+            call = waiting.call
+            if call is not None and not call.done() and all(w.future.done() for w in waiting.group):
+                call.cancel()
+            raise
 
     def _schedule(self, lane: _Lane, loop: asyncio.AbstractEventLoop) -> None:
         if not lane.scheduled:
@@ -165,60 +175,48 @@ class CallMerger:
             self._start(lane, group)
 
     def _start(self, lane: _Lane, group: list[_Waiting]) -> None:
-        lane.in_flight += 1
-        task = asyncio.get_running_loop().create_task(self._run_group(lane, group))
-        self._groups.add(task)
-        task.add_done_callback(self._groups.discard)
-
-    def _returned(self, lane: _Lane) -> None:
-        lane.in_flight -= 1
-        if lane.waiting and lane.in_flight < self.in_flight:
-            self._schedule(lane, asyncio.get_running_loop())
-
-    async def _run_group(self, lane: _Lane, group: list[_Waiting]) -> None:
-        try:
-            now = time.monotonic()
-            live = []
-            for w in group:
-                if w.deadline is not None and w.deadline <= now:
-                    w.future.set_exception(
-                        DeadlineExpired("deadline passed while the request was queued; nothing was computed"))
-                else:
-                    live.append(w)
-            if live:
-                await self._send(lane, live, now)
-        finally:
-            self._returned(lane)
-
-    async def _send(self, lane: _Lane, live: list[_Waiting], sent: float) -> None:
+        """One engine call for ``group``, as a task whose completion hands each caller its rows
+        (a callback, not a second task: one loop turn less per call)."""
+        now = time.monotonic()
+        live = []
+        for w in group:
+            if w.deadline is not None and w.deadline <= now:
+                w.future.set_exception(
+                    DeadlineExpired("deadline passed while the request was queued; nothing was computed"))
+            else:
+                live.append(w)
+        if not live:
+            return
         if len(live) > 1:
             counts = self.merged.setdefault(lane.model, [0, 0])
             counts[0] += 1
             counts[1] += len(live)
         deadlines = [w.deadline for w in live]
         deadline = None if None in deadlines else max(deadlines)
-        call = asyncio.ensure_future(lane.run(live[0].batch if len(live) == 1 else concatenate([w.batch for w in live]),
-                                         deadline))
-
-        def gone(future: asyncio.Future) -> None:
-            if future.cancelled() and all(w.future.done() for w in live):
-                call.cancel()  # nobody wants the rows: the engine drops the request
-
+        batch = live[0].batch if len(live) == 1 else concatenate([w.batch for w in live])
+        lane.in_flight += 1
+        call = asyncio.get_running_loop().create_task(lane.run(batch, deadline))
+        self._groups.add(call)
         for w in live:
-            w.future.add_done_callback(gone)
-        try:
-            result = await call
-        except asyncio.CancelledError:
+            w.call, w.group = call, live
+        call.add_done_callback(lambda done: self._deliver(lane, live, now, done))
+
+    def _deliver(self, lane: _Lane, live: list[_Waiting], sent: float, call: asyncio.Task) -> None:
+        self._groups.discard(call)
+        lane.in_flight -= 1
+        if lane.waiting and lane.in_flight < self.in_flight:
+            self._schedule(lane, asyncio.get_running_loop())
+        if call.cancelled():
             for w in live:
                 w.future.cancel()
-            if not call.cancelled():
-                raise
             return
-        except Exception as exc:
+        exc = call.exception()
+        if exc is not None:
             for w in live:
                 if not w.future.done():
                     w.future.set_exception(_own_error(exc))
             return
+        result = call.result()
         if len(live) == 1:
             if not live[0].future.done():
                 result.timing.queue_s += sent - live[0].since

@@ -8,22 +8,22 @@ front-end process of ``semserve serve --frontends N`` (the core is a ``RemoteCor
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from semserve.config import ServerConfig
 from semserve.core.api import Core
 from semserve.core.types import FrontendCounters
 from semserve.frontend.admin_service import AdminServicer
-from semserve.frontend.auth import ApiKeys, AuthInterceptor, Authorizer
-from semserve.frontend.call_metrics import CallMetrics, MeteringInterceptor
+from semserve.frontend.auth import ApiKeys, Authorizer
+from semserve.frontend.call_metrics import CallMetrics
 from semserve.frontend.encoder_service import EncoderServicer
+from semserve.frontend.handlers import ServiceHandlers
 from semserve.frontend.inference import Inference
 from semserve.frontend.info_service import InfoServicer
 from semserve.frontend.merging import CallMerger
@@ -46,107 +46,6 @@ SERVICE_NAMES = {
 }
 # How often a front end tells the engine its counters (GetInfo shows every front end's).
 REPORT_INTERVAL_S = 0.5
-
-
-class _Unparseable:
-    """Stands in for a request message whose bytes did not parse."""
-
-    __slots__ = ("error",)
-
-    def __init__(self, error: Exception):
-        self.error = error
-
-    @property
-    def message(self) -> str:
-        return f"the request message could not be parsed ({self.error}); send a valid serialized message"
-
-
-def _parsing(deserializer):
-    def parse(data: bytes):
-        try:
-            return deserializer(data)
-        except Exception as exc:  # bad protobuf, invalid UTF-8 in a string field
-            return _Unparseable(exc)
-
-    return parse
-
-
-async def _checked_stream(requests, context):
-    async for request in requests:
-        if isinstance(request, _Unparseable):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
-        yield request
-
-
-def _refusing_unparseable(handler):
-    """The same handler, but a message that does not parse ends the call with INVALID_ARGUMENT
-    (gRPC itself would answer UNKNOWN or INTERNAL)."""
-    if handler is None or handler.request_deserializer is None:
-        return handler
-    changes = {"request_deserializer": _parsing(handler.request_deserializer)}
-    if handler.unary_unary is not None:
-        behaviour = handler.unary_unary
-
-        async def unary_unary(request, context):
-            if isinstance(request, _Unparseable):
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
-            return await behaviour(request, context)
-
-        changes["unary_unary"] = unary_unary
-    elif handler.unary_stream is not None:
-        behaviour = handler.unary_stream
-
-        async def checked_request(request, context):
-            if isinstance(request, _Unparseable):
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
-            return request
-
-        if inspect.isasyncgenfunction(behaviour):
-            async def unary_stream(request, context):
-                async for response in behaviour(await checked_request(request, context), context):
-                    yield response
-        else:  # a handler that writes with context.write (health's Watch)
-            async def unary_stream(request, context):
-                return await behaviour(await checked_request(request, context), context)
-
-        changes["unary_stream"] = unary_stream
-    elif handler.stream_unary is not None:
-        behaviour = handler.stream_unary
-
-        async def stream_unary(requests, context):
-            return await behaviour(_checked_stream(requests, context), context)
-
-        changes["stream_unary"] = stream_unary
-    elif handler.stream_stream is not None:
-        behaviour = handler.stream_stream
-
-        if inspect.isasyncgenfunction(behaviour):
-            async def stream_stream(requests, context):
-                async for response in behaviour(_checked_stream(requests, context), context):
-                    yield response
-        else:
-            async def stream_stream(requests, context):
-                return await behaviour(_checked_stream(requests, context), context)
-
-        changes["stream_stream"] = stream_stream
-    return handler._replace(**changes)
-
-
-class _RefuseUnparseable(grpc.aio.ServerInterceptor):
-    """Innermost interceptor: refuses unparseable messages precisely."""
-
-    def __init__(self) -> None:
-        self._wrapped: dict[str, object] = {}  # per method: handlers do not change while serving
-
-    async def intercept_service(self, continuation, handler_call_details):
-        method = handler_call_details.method
-        wrapped = self._wrapped.get(method)
-        if wrapped is None:
-            handler = await continuation(handler_call_details)
-            if handler is None:
-                return None
-            wrapped = self._wrapped[method] = _refusing_unparseable(handler)
-        return wrapped
 
 
 class FrontEnd:
@@ -173,9 +72,23 @@ class FrontEnd:
         """Learn the models from the core, bind the port, and report SERVING."""
         await self.models.refresh()
         limits = self.config.limits
+        security = self.config.security
+        # Every service registers into one handler (frontend/handlers.py: no interceptors, no
+        # methods registered by name, which cost gRPC-Python per call).
+        handlers = ServiceHandlers(self.metrics, self.tracing, self.authorizer)
+        encoder_pb2_grpc.add_EncoderServiceServicer_to_server(EncoderServicer(self.inference, limits), handlers)
+        reranker_pb2_grpc.add_RerankerServiceServicer_to_server(RerankerServicer(self.inference, limits), handlers)
+        search_pb2_grpc.add_SearchServiceServicer_to_server(SearchServicer(self.inference, limits), handlers)
+        info_pb2_grpc.add_InfoServiceServicer_to_server(InfoServicer(self.core, self.config, self.authorizer), handlers)
+        info_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(self.core, self.models, security.model_root),
+                                                          handlers)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, handlers)
+        if security.reflection:
+            reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection.aio.ReflectionServicer(
+                [*SERVICE_NAMES.values(), health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                 reflection.SERVICE_NAME]), handlers)
         server = grpc.aio.server(
-            # Outermost first: every call metered (refused ones too), then authorized, then parsed.
-            interceptors=[MeteringInterceptor(self.metrics, self.tracing), AuthInterceptor(self.authorizer), _RefuseUnparseable()],
+            handlers=[handlers],
             options=[
                 ("grpc.max_receive_message_length", limits.max_receive_message_bytes),
                 ("grpc.max_send_message_length", limits.max_send_message_bytes),
@@ -183,19 +96,6 @@ class FrontEnd:
             ],
             maximum_concurrent_rpcs=self.config.max_concurrent_rpcs,
         )
-        encoder_pb2_grpc.add_EncoderServiceServicer_to_server(EncoderServicer(self.inference, limits), server)
-        reranker_pb2_grpc.add_RerankerServiceServicer_to_server(RerankerServicer(self.inference, limits), server)
-        search_pb2_grpc.add_SearchServiceServicer_to_server(SearchServicer(self.inference, limits), server)
-        security = self.config.security
-        info_pb2_grpc.add_InfoServiceServicer_to_server(InfoServicer(self.core, self.config, self.authorizer), server)
-        info_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(self.core, self.models, security.model_root), server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        if security.reflection:
-            reflection.enable_server_reflection(
-                [*SERVICE_NAMES.values(), health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                 reflection.SERVICE_NAME],
-                server,
-            )
         address = f"{self.config.host}:{self.config.port}"
         tls = server_credentials(security)
         if tls is None:

@@ -16,13 +16,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from typing import Any, Iterator
+from typing import Any, ContextManager
 
 import grpc
 
 from semserve.config import ConfigError
 
 log = logging.getLogger(__name__)
+
+# What a span is when tracing is off; reusable, as ``nullcontext`` keeps no state.
+_NO_SPAN = contextlib.nullcontext()
 
 
 class Tracing:
@@ -39,38 +42,32 @@ class Tracing:
     def enabled(self) -> bool:
         return self._tracer is not None
 
-    @contextlib.contextmanager
-    def rpc(self, method: str, metadata) -> Iterator[Any]:
-        """The server span of one call, child of the caller's trace when it sent one."""
+    def rpc(self, method: str, context) -> ContextManager[Any]:
+        """The server span of one call (the caller's trace continued when it sent one), current
+        while the handler runs; ``context`` is the call's servicer context."""
         if self._tracer is None:
-            yield None
-            return
-        carrier = {k: v for k, v in (metadata or ()) if isinstance(v, str)}
-        parent = self._propagate.extract(carrier)
-        with self._tracer.start_as_current_span(
-            method.lstrip("/"), context=parent, kind=self._trace.SpanKind.SERVER,
+            return _NO_SPAN  # a shared no-op: a single-text call pays nothing for tracing
+        carrier = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+        return self._tracer.start_as_current_span(
+            method.lstrip("/"), context=self._propagate.extract(carrier), kind=self._trace.SpanKind.SERVER,
             attributes={"rpc.system": "grpc", "rpc.method": method},
-        ) as span:
-            yield span
+        )
 
-    def start_rpc(self, method: str, metadata) -> Any:
+    def start_rpc(self, method: str, context) -> Any:
         """A started server span that is not made current (streams: their steps run in several
         contexts); the caller ends it."""
         if self._tracer is None:
             return None
-        carrier = {k: v for k, v in (metadata or ()) if isinstance(v, str)}
+        carrier = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
         return self._tracer.start_span(
             method.lstrip("/"), context=self._propagate.extract(carrier), kind=self._trace.SpanKind.SERVER,
             attributes={"rpc.system": "grpc", "rpc.method": method},
         )
 
-    @contextlib.contextmanager
-    def span(self, name: str, **attributes: Any) -> Iterator[Any]:
+    def span(self, name: str, attributes: dict[str, Any]) -> ContextManager[Any]:
         if self._tracer is None:
-            yield None
-            return
-        with self._tracer.start_as_current_span(name, attributes=attributes) as span:
-            yield span
+            return _NO_SPAN
+        return self._tracer.start_as_current_span(name, attributes=attributes)
 
     def engine_phases(self, engine_span: Any, started_ns: int, timing) -> None:
         """``queue`` and ``inference`` children of ``engine_span``, placed from the engine's Timing."""
