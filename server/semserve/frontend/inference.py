@@ -69,7 +69,7 @@ class Inference:
         started = time.monotonic()
         if _chars(inputs) <= INLINE_TOKENIZE_CHARS:
             # A thread hop costs more than tokenizing a few short texts on the loop itself.
-            tokenized = tokenizer.encode(inputs, truncate, truncate_left)
+            tokenized = tokenizer.encode(inputs, truncate, truncate_left, small=True)
         else:
             tokenized = await asyncio.get_running_loop().run_in_executor(
                 self._pool, tokenizer.encode, inputs, truncate, truncate_left)

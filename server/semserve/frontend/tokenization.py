@@ -23,6 +23,7 @@ import numpy as np
 from tokenizers import Encoding, Tokenizer
 
 from semserve.core.types import TokenBatch, TokenizerSpec
+from semserve.frontend.wordpiece import WordPiece, printable_ascii
 
 TextInput = Union[str, tuple[str, str]]
 
@@ -75,14 +76,21 @@ def _copy(tokenizer_json: str, max_tokens: int | None, direction: str = "right",
 
 class _Backend:
     """One tokenizer setting (truncation), with a copy for ASCII inputs that skips the
-    normalizer where ``ascii_normalization`` found a table for it."""
+    normalizer where ``ascii_normalization`` found a table for it, and the plain-Python
+    WordPiece (frontend/wordpiece.py) for short requests of single printable-ASCII texts."""
 
-    def __init__(self, tokenizer_json: str, table: dict[int, str | None] | None, added: tuple[str, ...],
-                 max_tokens: int | None, direction: str = "right"):
+    def __init__(self, tokenizer_json: str, config: dict, table: dict[int, str | None] | None,
+                 added: tuple[str, ...], max_tokens: int | None, direction: str = "right"):
         self.tokenizer = _copy(tokenizer_json, max_tokens, direction)
         self._table = table
         self._added = added
         self._plain = _copy(tokenizer_json, max_tokens, direction, normalized=False) if table else None
+        self._wordpiece = (WordPiece.build(config, self._plain, max_tokens, direction == "left")
+                           if self._plain is not None else None)
+
+    @property
+    def copies_wordpiece(self) -> bool:
+        return self._wordpiece is not None
 
     def _normalized(self, text: str) -> str | None:
         """``text`` as the normalizer would make it, or None where only the normalizer may
@@ -96,7 +104,24 @@ class _Backend:
             return None
         return out
 
-    def encode(self, inputs: list[TextInput]) -> list[Encoding]:
+    def encode(self, inputs: list[TextInput], small: bool = False) -> tuple[list[list[int]], list[int], list | None]:
+        """Each input's ids, the indexes of those truncated, and each input's type ids for pairs
+        (None for single texts). ``small``: a request short enough for plain Python."""
+        if small and self._wordpiece is not None and not isinstance(inputs[0], tuple):
+            normalized = [self._normalized(text) for text in inputs]
+            if None not in normalized and printable_ascii(normalized):
+                ids, truncated = [], []
+                for index, text in enumerate(normalized):
+                    one, cut = self._wordpiece.encode(text)
+                    ids.append(one)
+                    if cut:
+                        truncated.append(index)
+                return ids, truncated, None
+        encodings = self._encodings(inputs)
+        types = [e.type_ids for e in encodings] if isinstance(inputs[0], tuple) else None
+        return [e.ids for e in encodings], [i for i, e in enumerate(encodings) if e.overflowing], types
+
+    def _encodings(self, inputs: list[TextInput]) -> list[Encoding]:
         if self._plain is None:
             return self.tokenizer.encode_batch_fast(inputs)
         plain: list[TextInput] = []
@@ -130,41 +155,42 @@ class TextTokenizer:
         self.lowercase = spec.lowercase
         self.pad_id = spec.pad_id
         table = ascii_normalization(spec.tokenizer_json)
-        added = tuple(token["content"].lower() for token in json.loads(spec.tokenizer_json).get("added_tokens") or ())
-        self._truncating = _Backend(spec.tokenizer_json, table, added, spec.max_tokens)
+        config = json.loads(spec.tokenizer_json)
+        added = tuple(token["content"].lower() for token in config.get("added_tokens") or ())
+        self._truncating = _Backend(spec.tokenizer_json, config, table, added, spec.max_tokens)
         # Cuts the start instead (TRUNCATION_DIRECTION_LEFT): a copy, as settings are per tokenizer.
-        self._truncating_left = _Backend(spec.tokenizer_json, table, added, spec.max_tokens, "left")
-        self._full = _Backend(spec.tokenizer_json, table, added, None)
+        self._truncating_left = _Backend(spec.tokenizer_json, config, table, added, spec.max_tokens, "left")
+        self._full = _Backend(spec.tokenizer_json, config, table, added, None)
 
     def _prepare(self, inputs: Sequence[TextInput]) -> list[TextInput]:
         if not self.lowercase:
             return list(inputs)
         return [tuple(p.lower() for p in x) if isinstance(x, tuple) else x.lower() for x in inputs]
 
-    def encode(self, inputs: Sequence[TextInput], truncate: bool, truncate_left: bool = False) -> Tokenized:
+    def encode(self, inputs: Sequence[TextInput], truncate: bool, truncate_left: bool = False,
+               small: bool = False) -> Tokenized:
         """Token ids of every input as one flat batch; with truncate=False over-long inputs are
         returned whole (the caller refuses them, naming their index); ``truncate_left`` keeps
-        the end of an over-long input instead of its start."""
+        the end of an over-long input instead of its start. ``small`` (a request tokenized on
+        the event loop) lets single printable-ASCII texts take the plain-Python WordPiece."""
         if not truncate:
             backend = self._full
         else:
             backend = self._truncating_left if truncate_left else self._truncating
         prepared = self._prepare(inputs)
-        # The ids, type ids and overflow are all this path reads, so the batch call that skips
-        # character offsets will do: 20% less time for 32 texts, and 15-20% less for a lone text
-        # or pair than ``encode`` (docs/benchmarks.md).
-        encodings = backend.encode(prepared)
-        ids = [e.ids for e in encodings]
+        # Otherwise the batch call that skips character offsets: the ids, type ids and overflow
+        # are all this path reads (20% less time for 32 texts, and 15-20% less for a lone text
+        # or pair than ``encode``, docs/benchmarks.md).
+        ids, truncated, type_ids = backend.encode(prepared, small)
         lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
         offsets = np.zeros(len(ids) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
         total = int(offsets[-1])
         flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=total)
         types = None
-        if isinstance(prepared[0], tuple):
-            types = np.fromiter(itertools.chain.from_iterable(e.type_ids for e in encodings), dtype=np.int8, count=total)
-        truncated = [i for i, e in enumerate(encodings) if e.overflowing]
-        return Tokenized(TokenBatch(flat, offsets, types), truncated)
+        if type_ids is not None:
+            types = np.fromiter(itertools.chain.from_iterable(type_ids), dtype=np.int8, count=total)
+        return Tokenized(TokenBatch(flat, offsets, types, lengths), truncated)
 
     def describe(self, inputs: Sequence[TextInput], truncate: bool) -> list[tuple[Encoding, int]]:
         """Full encodings (pieces, offsets, special mask) and each input's untruncated length."""
