@@ -4,7 +4,7 @@ tokenizer: a third of its time for a single text.
 A single-text call's Python in a front end is mostly gRPC's and the tokenizer's, and the Rust
 tokenizer spends 26-29 µs on one short text (pre-tokenizer, model and post-processor objects,
 offsets, an ``Encoding``) where splitting words and looking them up in the vocabulary takes 9
-(CPU machine, docs/benchmarks.md run 32). On printable ASCII, already normalised
+(CPU machine, docs/benchmarks.md run 33). On printable ASCII, already normalised
 (frontend/tokenization.py), each step is simple:
 
 - BERT's pre-tokenizer splits on whitespace, and every ASCII character that is neither a letter
