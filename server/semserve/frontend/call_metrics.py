@@ -83,7 +83,7 @@ def _code_of(context, error: BaseException | None) -> grpc.StatusCode:
 
 
 def metered(handler: grpc.RpcMethodHandler, method: str, metrics: CallMetrics,
-             tracing: Tracing) -> grpc.RpcMethodHandler:
+            tracing: Tracing) -> grpc.RpcMethodHandler:
     """The same handler, recording its status and latency (and its trace span) when it ends."""
     def record(context, started: float, error: BaseException | None, span) -> None:
         code = _code_of(context, error)
