@@ -22,7 +22,6 @@ import asyncio
 import json
 import multiprocessing
 import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -100,25 +99,8 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
 
 
 def drive(h2load: str, address: str, rate: int, duration_s: int) -> dict:
-    body, method = h2load_load.request_body("unary", "minilm", synthetic_texts(2000, seed=1), 1)
-    with tempfile.NamedTemporaryFile(suffix=".bin", delete=False) as f:
-        f.write(body)
-    cmd = [h2load, "-D", str(duration_s), "--warm-up-time", "1", "-c", str(CONNECTIONS), "-m", str(STREAMS), "-t", "1",
-           "-d", f.name, "-H", "content-type: application/grpc", "-H", "te: trailers",
-           f"http://{address}/semserve.v1.EncoderService/{method}"]
-    if rate:
-        cmd[1:1] = ["--rps", str(max(1, rate // CONNECTIONS))]
-    env = dict(os.environ)
-    library = Path(h2load).resolve().parents[1] / "lib" / "x86_64-linux-gnu"  # an unpacked .deb's layout
-    if library.is_dir():
-        env["LD_LIBRARY_PATH"] = f"{library}:{env.get('LD_LIBRARY_PATH', '')}"
-    try:
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=duration_s + 60)
-    finally:
-        os.unlink(f.name)
-    if done.returncode != 0:
-        raise RuntimeError(f"h2load failed: {done.stderr}\n{done.stdout}")
-    return h2load_load.parse(done.stdout)
+    return h2load_load.run_h2load(h2load, address, "unary", "minilm", synthetic_texts(2000, seed=1), duration_s, 1,
+                                  CONNECTIONS, STREAMS, 1, rate_per_connection=max(1, rate // CONNECTIONS) if rate else 0)
 
 
 def measure(kind: str, args) -> dict:

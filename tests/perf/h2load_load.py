@@ -78,9 +78,12 @@ def _ms(match) -> float | None:
 
 
 def run_h2load(h2load: str, address: str, mode: str, model: str, texts: list[str], duration_s: float,
-               warmup_s: float, connections: int, streams: int, threads: int, per_call: int = 1) -> dict:
+               warmup_s: float, connections: int, streams: int, threads: int, per_call: int = 1,
+               rate_per_connection: int = 0) -> dict:
     """Run one load and return h2load's figures in the units of the Python load's summary:
-    ``items_per_s`` is texts per second (a call's texts, or a stream's messages, each count once)."""
+    ``items_per_s`` is texts per second (a call's texts, or a stream's messages, each count once).
+    ``rate_per_connection``: requests per second each connection sends (h2load's ``--rps``);
+    0 sends as fast as answers come."""
     body, method = request_body(mode, model, texts, per_call)
     with tempfile.NamedTemporaryFile(suffix=".bin", delete=False) as f:
         f.write(body)
@@ -89,6 +92,8 @@ def run_h2load(h2load: str, address: str, mode: str, model: str, texts: list[str
         cmd = [h2load, "-D", str(int(duration_s)), "--warm-up-time", str(int(warmup_s)), "-c", str(connections),
                "-m", str(streams), "-t", str(threads), "-d", f.name, "-H", "content-type: application/grpc",
                "-H", "te: trailers", f"--log-file={log_file}", f"http://{address}/semserve.v1.EncoderService/{method}"]
+        if rate_per_connection:
+            cmd[1:1] = ["--rps", str(rate_per_connection)]
         env = dict(os.environ)
         library = Path(h2load).resolve().parents[1] / "lib" / "x86_64-linux-gnu"  # an unpacked .deb's layout
         if library.is_dir():
